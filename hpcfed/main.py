@@ -1,0 +1,153 @@
+"""Entry point: ``python -m hpcfed.main [config=FILE.yaml] [key=value ...]``.
+
+Launch with ``mpirun -n N``, ``srun``, ``torchrun --nproc-per-node N`` or plainly (one process). Each rank
+hosts its share of every round's cohort; see ``docs/`` and ``../shared/DESIGN.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from hpcfed.config import Config, ConfigError, load_config, save_config
+
+log = logging.getLogger("hpcfed")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def prepare_data_collectively(cfg: Config, comm) -> Path:
+    """Rank 0 makes sure the shards exist (preparing them once); the others wait for its verdict.
+
+    Raises:
+        DataError: on every rank, with rank 0's message, when preparation failed.
+    """
+    from hpcfed.data import DataError, ensure_prepared
+
+    tokenizer = cfg.data.tokenizer or cfg.model.path
+    result: tuple[str, str]
+    if comm.rank == 0:
+        try:
+            result = ("ok", str(ensure_prepared(cfg.data, tokenizer)))
+        except (DataError, ConfigError) as e:
+            result = ("error", str(e))
+    else:
+        result = ("", "")
+    result = comm.broadcast_object(result, src=0)
+    if result[0] != "ok":
+        raise DataError(result[1])
+    return Path(result[1])
+
+
+def run(cfg: Config) -> dict:
+    """Run the federated job described by ``cfg`` on this process's rank; returns the final metrics.
+
+    Rank 0 writes ``<out_dir>/<name>/``: ``config.yaml``, ``metrics.jsonl`` and
+    ``final/peft.safetensors``.
+    """
+    from hpcfed.callbacks import MetricsWriter, ProgressBar
+    from hpcfed.data import ShardedDataset
+    from hpcfed.dist import init_runtime, make_comm
+    from hpcfed.export import save_peft
+    from hpcfed.fl.loop import FederatedLoop
+    from hpcfed.models import build_model
+    from hpcfed.peft import apply_peft
+
+    t_start = time.perf_counter()
+    rt = init_runtime(device=cfg.dist.device, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
+                      num_threads=cfg.dist.num_threads)
+    comm = make_comm()
+    try:
+        run_dir = cfg.run_dir
+        if rt.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        shard_dir = prepare_data_collectively(cfg, comm)
+        dataset = ShardedDataset(shard_dir, expect_name=cfg.data.name)
+        num_classes = cfg.model.num_classes or dataset.num_classes
+        torch.manual_seed(cfg.seed)  # same head / LoRA init on every rank
+        model = build_model(cfg.model, num_classes).to(rt.device)
+        flat = apply_peft(model, cfg.peft)
+        test = dataset.load_test()
+        callbacks = []
+        if rt.is_main:
+            callbacks = [MetricsWriter(run_dir / "metrics.jsonl"),
+                         ProgressBar(cfg.fl.rounds, enabled=cfg.progress)]
+            log.info("world=%d device=%s method=%s trainable=%d clients=%d cohort=%d", rt.world_size,
+                     rt.device, cfg.peft.method, flat.numel, dataset.num_clients, cfg.fl.cohort_size)
+        loop = FederatedLoop(cfg, model, flat, dataset, test, comm, rt.device, callbacks)
+        state = loop.run()
+        final = dict(state.history[-1]) if state.history else {}
+        final["wall_s"] = time.perf_counter() - t_start
+        if rt.is_main:
+            for cb in callbacks:
+                cb.close()
+            save_peft(run_dir / "final" / "peft.safetensors", flat, loop.theta_global,
+                      peft_method=cfg.peft.method, config_hash=cfg.hash(), round=str(state.round))
+            log.info("done: %s", {k: final[k] for k in ("round", "test_acc", "wall_s") if k in final})
+        dataset.close()
+        return final
+    finally:
+        rt.shutdown()
+
+
+def _abort_peers(code: int) -> None:
+    """Bring down the other ranks promptly when this one fails (MPI abort when under MPI)."""
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1"))) > 1:
+        try:
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Abort(code)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; returns the exit status (0 ok, 2 bad input, 1 crash)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\nKeys: see hpcfed/config.py; example: configs/sst2_minilm_bitfit.yaml")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_libraries()
+    from hpcfed.data import DataError
+    from hpcfed.models import ModelError
+    from hpcfed.peft import LayoutError
+
+    try:
+        cfg = load_config(argv)
+        run(cfg)
+        return 0
+    except (ConfigError, DataError, ModelError, LayoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # noqa: BLE001 - report, then make sure no peer hangs
+        traceback.print_exc()
+        _abort_peers(1)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,159 @@
+"""Backbones with a classification head: Hugging Face text encoders and timm ViTs.
+
+Every classifier has the same call signature, ``model(x, lengths=None) -> logits``, so the FL code never
+looks inside:
+
+* text: ``x`` int32/int64 (B, L) token ids padded with the pad id, ``lengths`` int32 (B,) real token counts;
+* image: ``x`` uint8 (B, H, W, C) pixels; normalised inside the model.
+
+The backbone is ``model.backbone`` and the head ``model.head`` (a ``nn.Linear``), so PEFT methods select
+parameters by name prefix. Nothing is downloaded unless ``model.allow_download`` is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from hpcfed.config import ConfigError, ModelConfig
+
+
+class ModelError(ValueError):
+    """A model that cannot be built from the config (missing path, unknown architecture)."""
+
+
+class TextClassifier(nn.Module):
+    """Transformer encoder + pooling + dropout + linear head.
+
+    Args:
+        backbone: a transformers encoder (``AutoModel``) returning ``last_hidden_state`` (B, L, D).
+        num_classes: K.
+        pooling: 'mean' over real tokens (sentence-transformers style) or 'cls' (first token).
+        dropout: dropout before the head.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.config.hidden_size, num_classes)
+
+    def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pooled features (B, D) in the backbone's compute dtype."""
+        x = x.long()
+        if lengths is None:
+            attn = torch.ones_like(x)
+        else:
+            lmax = int(lengths.max())
+            x = x[:, :lmax]  # (B, Lmax): drop columns that are padding in every row
+            attn = (torch.arange(lmax, device=x.device)[None, :] < lengths.to(x.device)[:, None]).long()
+        h = self.backbone(input_ids=x, attention_mask=attn).last_hidden_state  # (B, L, D)
+        if self.pooling == "cls":
+            return h[:, 0]
+        m = attn.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, K) float."""
+        f = self.features(x, lengths)
+        return self.head(self.dropout(f))
+
+
+class ImageClassifier(nn.Module):
+    """timm backbone (``num_classes=0``: pooled features) + dropout + linear head, on uint8 NHWC input.
+
+    Args:
+        backbone: timm model whose forward returns pooled features (B, D); ``num_features`` = D.
+        num_classes: K.
+        mean, std: per-channel normalisation in [0, 1] pixel units (the backbone's pre-training statistics).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                 dropout: float = 0.0, img_size: Optional[int] = None):
+        super().__init__()
+        self.backbone = backbone
+        self.img_size = img_size
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+        if self.img_size is not None and x.shape[-1] != self.img_size:
+            x = nn.functional.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
+                                          align_corners=False)
+        x = (x - self.mean) / self.std
+        return self.backbone(x)  # (B, D)
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+def _hf_backbone(cfg: ModelConfig) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    local_only = not cfg.allow_download
+    if cfg.path:
+        p = Path(cfg.path)
+        if local_only and not p.exists():
+            raise ModelError(f"model.path={cfg.path}: no such folder (set model.allow_download=true to use a hub "
+                             "name where a network exists)")
+        if cfg.pretrained:
+            return AutoModel.from_pretrained(cfg.path, local_files_only=local_only, add_pooling_layer=False)
+        hf_cfg = AutoConfig.from_pretrained(cfg.path, local_files_only=local_only)
+        return AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+    try:
+        hf_cfg = AutoConfig.for_model(
+            cfg.arch, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=512, pad_token_id=0,
+        )
+    except ValueError as e:
+        raise ModelError(f"model.arch={cfg.arch!r}: not a transformers model type ({e})") from None
+    return AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+
+
+def _timm_backbone(cfg: ModelConfig) -> tuple[nn.Module, tuple, tuple]:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    if cfg.arch == "tiny" and not cfg.path:
+        m = VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.hidden_size,
+                              depth=cfg.num_layers, num_heads=cfg.num_heads,
+                              mlp_ratio=cfg.intermediate_size / cfg.hidden_size, num_classes=0)
+        return m, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    kwargs = dict(num_classes=0, img_size=cfg.img_size, patch_size=cfg.patch_size)
+    try:
+        if cfg.path and cfg.pretrained:
+            if not Path(cfg.path).exists():
+                raise ModelError(f"model.path={cfg.path}: no such file")
+            m = timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay=dict(file=cfg.path), **kwargs)
+        else:
+            m = timm.create_model(cfg.arch, pretrained=False, **kwargs)
+    except RuntimeError as e:
+        raise ModelError(f"model.arch={cfg.arch!r}: {str(e).splitlines()[0]}") from None
+    dc = m.pretrained_cfg or {}
+    return m, tuple(dc.get("mean", (0.5,) * 3)), tuple(dc.get("std", (0.5,) * 3))
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Build the classifier described by ``cfg`` with a fresh K-way head.
+
+    The head is initialised from the global torch RNG: seed it before calling for reproducible runs.
+
+    Raises:
+        ModelError: the path does not exist, or the architecture is unknown.
+    """
+    if num_classes < 2:
+        raise ConfigError(f"model.num_classes={num_classes}: need at least 2 classes")
+    if cfg.family == "hf_text":
+        return TextClassifier(_hf_backbone(cfg), num_classes, pooling=cfg.pooling, dropout=cfg.dropout)
+    if cfg.family == "timm_vit":
+        backbone, mean, std = _timm_backbone(cfg)
+        return ImageClassifier(backbone, num_classes, mean, std, dropout=cfg.dropout, img_size=cfg.img_size)
+    raise ModelError(f"model.family={cfg.family!r} unknown")

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Launch hpcfed on a Slurm cluster: one rank per GPU, each hosting its share of every round's cohort.
+#
+#   sbatch slurm/run.sh configs/sst2_minilm_bitfit.yaml [key=value ...]
+#   sbatch --nodes=4 --gpus-per-node=8 --ntasks-per-node=8 slurm/run.sh configs/my.yaml fl.rounds=500
+#
+# Tasks per node = GPUs per node. The script only sets the environment and calls srun (or, where srun is
+# absent, mpirun with the same number of ranks); all logic lives in `python -m hpcfed.main`.
+#SBATCH --job-name=hpcfed
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=4
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=8
+#SBATCH --time=04:00:00
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+
+CONFIG=${1:-configs/sst2_minilm_bitfit.yaml}
+[ $# -gt 0 ] && shift
+cd "${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+
+PY=${HPCFED_PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+NTASKS=${SLURM_NTASKS:-$(( ${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}} * ${SLURM_NTASKS_PER_NODE:-1} ))}
+echo "hpcfed: job ${SLURM_JOB_ID:-none}, ${NTASKS} ranks, config ${CONFIG}" >&2
+
+if command -v srun >/dev/null 2>&1; then
+  exec srun --kill-on-bad-exit=1 --cpu-bind=cores "$PY" -m hpcfed.main config="$CONFIG" "$@"
+fi
+
+# No srun (a login node, a container, a test): mpirun with the same rank count. Open MPI must not try to
+# use Slurm to start its daemons then.
+MPIRUN=$(dirname "$PY")/mpirun
+command -v "$MPIRUN" >/dev/null 2>&1 || MPIRUN=mpirun
+MPI_FLAGS=(--oversubscribe --bind-to none)
+[ "$(id -u)" = 0 ] && MPI_FLAGS+=(--allow-run-as-root)
+export PRTE_MCA_ras=^slurm PRTE_MCA_plm=^slurm OMPI_MCA_ras=^slurm OMPI_MCA_plm=^slurm
+exec "$MPIRUN" "${MPI_FLAGS[@]}" -n "$NTASKS" "$PY" -m hpcfed.main config="$CONFIG" "$@"

@@ -1,0 +1,73 @@
+"""Config loading: YAML + dotlist merge, and one-line errors naming the key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hpcfed.config import Config, ConfigError, load_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("name: abc\nfl:\n  rounds: 7\n  local:\n    lr: 0.5\n")
+    cfg = load_config([f"config={y}", "fl.rounds=9", "peft.method=lora"])
+    assert isinstance(cfg, Config)
+    assert cfg.name == "abc" and cfg.fl.rounds == 9 and cfg.fl.local.lr == 0.5 and cfg.peft.method == "lora"
+    assert cfg.data.source.endswith("sst2/train.tsv")
+    assert "${" not in cfg.to_yaml()  # saved config is fully resolved
+
+
+def test_all_shipped_configs_load():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).resolve().parents[2].glob("configs/**/*.yaml"))
+    assert files
+    for f in files:
+        load_config([f"config={f}"])
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["fl.foo=1"], "unknown key 'fl.foo'"),
+        (["fl.rounds=abc"], "'fl.rounds'"),
+        (["data.partition=zipf"], "data.partition='zipf' is not valid; choose one of: iid, dirichlet"),
+        (["peft.method=prefix"], "peft.method='prefix' is not valid; choose one of: bias, lora"),
+        (["data.alpha=0"], "data.alpha=0.0 must be > 0"),
+        (["data.alpha=-1"], "data.alpha=-1.0 must be > 0"),
+        (["fl.cohort_size=21"], "fl.cohort_size=21 is larger than data.num_clients=20"),
+        (["fl.server_opt.name=sgd"], "fl.server_opt.name='sgd' is not valid"),
+        (["rounds"], "not key=value"),
+        (["config=/nonexistent.yaml"], "/nonexistent.yaml: not found"),
+    ],
+)
+def test_bad_input_one_line(argv, needle):
+    with pytest.raises(ConfigError) as ei:
+        load_config(argv)
+    msg = str(ei.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="valid keys here: .*cohort_size"):
+        load_config(["fl.cohortsize=3"])
+
+
+def test_bad_yaml_names_file(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("fl: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config([f"config={y}"])
+    y.write_text("fl:\n  roundz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'fl.roundz'"):
+        load_config([f"config={y}"])
+
+
+def test_cli_exits_nonzero_with_one_line():
+    r = subprocess.run([sys.executable, "-m", "hpcfed.main", "data.partition=zipf"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: data.partition='zipf' is not valid")
+    assert "Traceback" not in r.stderr
