@@ -59,6 +59,27 @@ def prepare_data_collectively(cfg: Config, comm) -> Path:
     return Path(result[1])
 
 
+def build_loop(cfg: Config, rt, comm, callbacks=None):
+    """Compose the job on this rank: shards -> model -> PEFT flat buffer -> :class:`FederatedLoop`.
+
+    Returns:
+        (loop, dataset) — the caller closes the dataset.
+    """
+    from hpcfed.data import ShardedDataset
+    from hpcfed.fl.loop import FederatedLoop
+    from hpcfed.models import build_model
+    from hpcfed.peft import apply_peft
+
+    shard_dir = prepare_data_collectively(cfg, comm)
+    dataset = ShardedDataset(shard_dir, expect_name=cfg.data.name)
+    num_classes = cfg.model.num_classes or dataset.num_classes
+    torch.manual_seed(cfg.seed)  # same head / LoRA init on every rank
+    model = build_model(cfg.model, num_classes).to(rt.device)
+    flat = apply_peft(model, cfg.peft)
+    test = dataset.load_test()
+    return FederatedLoop(cfg, model, flat, dataset, test, comm, rt.device, callbacks), dataset
+
+
 def run(cfg: Config) -> dict:
     """Run the federated job described by ``cfg`` on this process's rank; returns the final metrics.
 
@@ -66,12 +87,8 @@ def run(cfg: Config) -> dict:
     ``final/peft.safetensors``.
     """
     from hpcfed.callbacks import MetricsWriter, ProgressBar
-    from hpcfed.data import ShardedDataset
     from hpcfed.dist import init_runtime, make_comm
     from hpcfed.export import save_peft
-    from hpcfed.fl.loop import FederatedLoop
-    from hpcfed.models import build_model
-    from hpcfed.peft import apply_peft
 
     t_start = time.perf_counter()
     rt = init_runtime(device=cfg.dist.device, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
@@ -79,30 +96,23 @@ def run(cfg: Config) -> dict:
     comm = make_comm()
     try:
         run_dir = cfg.run_dir
+        callbacks = []
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-        shard_dir = prepare_data_collectively(cfg, comm)
-        dataset = ShardedDataset(shard_dir, expect_name=cfg.data.name)
-        num_classes = cfg.model.num_classes or dataset.num_classes
-        torch.manual_seed(cfg.seed)  # same head / LoRA init on every rank
-        model = build_model(cfg.model, num_classes).to(rt.device)
-        flat = apply_peft(model, cfg.peft)
-        test = dataset.load_test()
-        callbacks = []
-        if rt.is_main:
             callbacks = [MetricsWriter(run_dir / "metrics.jsonl"),
                          ProgressBar(cfg.fl.rounds, enabled=cfg.progress)]
+        loop, dataset = build_loop(cfg, rt, comm, callbacks)
+        if rt.is_main:
             log.info("world=%d device=%s method=%s trainable=%d clients=%d cohort=%d", rt.world_size,
-                     rt.device, cfg.peft.method, flat.numel, dataset.num_clients, cfg.fl.cohort_size)
-        loop = FederatedLoop(cfg, model, flat, dataset, test, comm, rt.device, callbacks)
+                     rt.device, cfg.peft.method, loop.flat.numel, dataset.num_clients, cfg.fl.cohort_size)
         state = loop.run()
         final = dict(state.history[-1]) if state.history else {}
         final["wall_s"] = time.perf_counter() - t_start
         if rt.is_main:
             for cb in callbacks:
                 cb.close()
-            save_peft(run_dir / "final" / "peft.safetensors", flat, loop.theta_global,
+            save_peft(run_dir / "final" / "peft.safetensors", loop.flat, loop.theta_global,
                       peft_method=cfg.peft.method, config_hash=cfg.hash(), round=str(state.round))
             log.info("done: %s", {k: final[k] for k in ("round", "test_acc", "wall_s") if k in final})
         dataset.close()
