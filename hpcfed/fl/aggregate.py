@@ -16,7 +16,8 @@ import torch
 from hpcfed import kernels
 from hpcfed.dist import Comm
 
-STATS = ("loss_sum", "samples_seen", "clients_ok", "clients_failed", "steps", "elems_up_hi", "elems_up_lo")
+STATS = ("loss_sum", "samples_seen", "clients_ok", "clients_failed", "steps", "elems_up_hi", "elems_up_lo",
+         "stop_requested")
 _SPLIT = 1 << 12
 """Element counts are carried as hi·2^12 + lo so that their sums stay exact in fp32."""
 

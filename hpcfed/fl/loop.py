@@ -7,11 +7,14 @@ the cohort and of the test set.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,12 +30,26 @@ from hpcfed.fl.server import ServerOptimizer
 from hpcfed.peft import FlatParams
 
 ALGORITHMS = {"fedavg": FedAvg, "fedprox": FedProx}
+log = logging.getLogger("hpcfed.fl")
+_FAULT_STREAM = 3
 
 BYTES_PER_ELEMENT = 4  # the flat buffer is fp32
 
 
 class Callback(Protocol):
     def on_round_end(self, loop: "FederatedLoop", metrics: dict) -> None: ...
+
+
+class RunStopped(RuntimeError):
+    """The loop stopped early after its callbacks saw the final state (preemption, too many failures)."""
+
+    def __init__(self, reason: str, round_idx: int):
+        super().__init__(f"stopped after round {round_idx}: {reason}")
+        self.reason, self.round = reason, round_idx
+
+
+class ClientFailure(Exception):
+    """A client update rejected by a health check (its reason is the message)."""
 
 
 @dataclass
@@ -77,8 +94,10 @@ class FederatedLoop:
 
     def __init__(self, cfg: Config, model: nn.Module, flat: FlatParams, dataset: ShardedDataset,
                  test_data: Optional[ClientData], comm: Comm, device: torch.device,
-                 callbacks: Optional[list[Callback]] = None, kernel_backend: Optional[str] = None):
+                 callbacks: Optional[list[Callback]] = None, kernel_backend: Optional[str] = None,
+                 stop_flag=None):
         self.cfg, self.model, self.flat, self.dataset = cfg, model, flat, dataset
+        self.stop_flag = stop_flag
         self.test_data, self.comm, self.device = test_data, comm, device
         self.callbacks = callbacks or []
         self.algorithm = ALGORITHMS[cfg.fl.algorithm](cfg.fl)
@@ -88,6 +107,8 @@ class FederatedLoop:
         self.theta_global = flat.data.detach().clone()
         self.clients = ClientCache(dataset)
         self.state = RoundState()
+        self.failures: list[tuple[int, int, str]] = []
+        """(round, client id, reason) of every client update dropped on this rank."""
 
     # -- one round -----------------------------------------------------------------------------------
     def my_clients(self, round_idx: int) -> list[int]:
@@ -103,11 +124,22 @@ class FederatedLoop:
         agg.reset()
         for cid in self.my_clients(round_idx):
             data = self.clients.get(cid)
-            res = self.algorithm.local_update(self.trainer, self.theta_global, data,
-                                              client_seed(self.cfg.seed, round_idx, cid), cid)
+            try:
+                res = self.algorithm.local_update(self.trainer, self.theta_global, data,
+                                                  client_seed(self.cfg.seed, round_idx, cid), cid)
+                self._inject_fault(round_idx, cid)
+                self._check_update(res.loss_sum)
+            except Exception as e:  # noqa: BLE001 - any client failure drops that client, not the run
+                reason = str(e) if isinstance(e, ClientFailure) else f"{type(e).__name__}: {e}"
+                log.warning("round %d: dropped client %d: %s", round_idx, cid, reason.splitlines()[0])
+                self.failures.append((round_idx, cid, reason))
+                agg.add_stats(clients_failed=1)
+                continue
             agg.add(self.flat.data, self.theta_global, self.algorithm.client_weight(len(data)),
                     self.algorithm.client_mask(cid))
             agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
+        if self.stop_flag is not None and self.stop_flag.requested:
+            agg.add_stats(stop_requested=1)
         stats = agg.reduce(self.comm)  # the round's ONE collective
         self.server.step(self.theta_global, agg.acc, agg.cnt)
         self.flat.data.copy_(self.theta_global)
@@ -122,8 +154,56 @@ class FederatedLoop:
             "round_s": round_s,
             "samples_per_s": stats["samples_seen"] / round_s if round_s > 0 else 0.0,
             "local_steps": int(stats["steps"]),
+            "clients_failed": int(stats["clients_failed"]),
         }
+        if stats["stop_requested"] > 0:
+            metrics["stop_requested"] = True
         return metrics
+
+    def _inject_fault(self, round_idx: int, cid: int) -> None:
+        """Testing aid (``fl.inject_failure_rate``): poison the update with NaN, seeded per client."""
+        rate = self.cfg.fl.inject_failure_rate
+        if rate > 0 and np.random.default_rng([self.cfg.seed, _FAULT_STREAM, round_idx, cid]).random() < rate:
+            self.flat.data[0] = float("nan")
+
+    def _check_update(self, loss_sum: float) -> None:
+        """Raise :class:`ClientFailure` for a NaN/Inf loss or update, or an update norm past the bound."""
+        if not math.isfinite(loss_sum):
+            raise ClientFailure(f"non-finite training loss ({loss_sum})")
+        norm = float(torch.linalg.vector_norm(self.flat.data - self.theta_global))
+        if not math.isfinite(norm):
+            raise ClientFailure("non-finite update")
+        bound = self.cfg.fl.max_update_norm
+        if bound is not None and norm > bound:
+            raise ClientFailure(f"update norm {norm:.4g} > fl.max_update_norm={bound}")
+
+    @property
+    def max_failed_clients(self) -> int:
+        c = self.cfg.fl
+        return c.max_failed_clients_per_round if c.max_failed_clients_per_round is not None \
+            else c.cohort_size // 2
+
+    # -- checkpoint state ----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue exactly: global buffer, server optimizer state, RNG."""
+        return {"theta_global": self.theta_global, **self.server.state_dict(),
+                "rng.torch": torch.get_rng_state()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], round_idx: int, history: list[dict]) -> None:
+        """Restore what :meth:`state_tensors` saved, as of the end of round ``round_idx``.
+
+        Raises:
+            ValueError: the saved buffer does not fit this model's flat layout.
+        """
+        theta = tensors["theta_global"]
+        if theta.shape != self.theta_global.shape:
+            raise ValueError(f"checkpoint flat buffer has {theta.numel()} elements, the model has "
+                             f"{self.theta_global.numel()}")
+        self.theta_global.copy_(theta)
+        self.flat.data.copy_(theta)
+        self.server.load_state_dict(tensors)
+        torch.set_rng_state(tensors["rng.torch"])
+        self.state = RoundState(round_idx, list(history))
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate_global(self) -> dict:
@@ -154,6 +234,17 @@ class FederatedLoop:
                 m["eval_s"] = time.perf_counter() - t0
             self.state.round = r
             self.state.history.append(m)
+            stop = None
+            if m["clients_failed"] > self.max_failed_clients:
+                stop = (f"{m['clients_failed']} clients failed in round {r} "
+                        f"(fl.max_failed_clients_per_round={self.max_failed_clients})")
+            elif m.get("stop_requested"):
+                stop = "stop signal"
             for cb in self.callbacks:
                 cb.on_round_end(self, m)
+            if stop is not None:
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_stop"):
+                        cb.on_stop(self, stop)
+                raise RunStopped(stop, r)
         return self.state

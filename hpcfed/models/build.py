@@ -1,10 +1,13 @@
-"""Backbones with a classification head: Hugging Face text encoders and timm ViTs.
+"""Backbones with a classification head: Hugging Face text encoders, timm ViTs and open_clip CLIP.
 
 Every classifier has the same call signature, ``model(x, lengths=None) -> logits``, so the FL code never
 looks inside:
 
 * text: ``x`` int32/int64 (B, L) token ids padded with the pad id, ``lengths`` int32 (B,) real token counts;
 * image: ``x`` uint8 (B, H, W, C) pixels; normalised inside the model.
+
+open_clip (``hpcfed/models/clip.py``): CLIP's vision tower with a head initialised as CLIP's zero-shot
+classifier of the data set's class names.
 
 The backbone is ``model.backbone`` and the head ``model.head`` (a ``nn.Linear``), so PEFT methods select
 parameters by name prefix. Nothing is downloaded unless ``model.allow_download`` is set.
@@ -27,6 +30,9 @@ class ModelError(ValueError):
 
 class TextClassifier(nn.Module):
     """Transformer encoder + pooling + dropout + linear head.
+
+    A backbone may return more positions than it was given (prompt tuning prepends virtual tokens); the
+    leading extra positions are dropped before pooling, so prompts act only through attention.
 
     Args:
         backbone: a transformers encoder (``AutoModel``) returning ``last_hidden_state`` (B, L, D).
@@ -51,7 +57,10 @@ class TextClassifier(nn.Module):
             lmax = int(lengths.max())
             x = x[:, :lmax]  # (B, Lmax): drop columns that are padding in every row
             attn = (torch.arange(lmax, device=x.device)[None, :] < lengths.to(x.device)[:, None]).long()
-        h = self.backbone(input_ids=x, attention_mask=attn).last_hidden_state  # (B, L, D)
+        h = self.backbone(input_ids=x, attention_mask=attn).last_hidden_state  # (B, P + L, D)
+        # Soft prompts (peft prompt tuning) prepend P virtual tokens; their outputs are dropped so both
+        # poolings see exactly the real tokens ('cls' stays position 0, 'mean' averages the same positions).
+        h = h[:, h.shape[1] - x.shape[1]:]  # (B, L, D)
         if self.pooling == "cls":
             return h[:, 0]
         m = attn.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
@@ -118,14 +127,42 @@ def _hf_backbone(cfg: ModelConfig) -> nn.Module:
     return AutoModel.from_config(hf_cfg, add_pooling_layer=False)
 
 
+def _load_state_dict_file(module: nn.Module, path: str) -> None:
+    """Load a whole state dict (``.safetensors``, or a torch file read with ``weights_only``) strictly.
+
+    Raises:
+        ModelError: missing/unreadable file, or tensors that do not fit ``module``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"model.path={path}: no such file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+            sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    except Exception as e:  # noqa: BLE001 - safetensors/pickle errors have no common base
+        raise ModelError(f"model.path={path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    try:
+        module.load_state_dict(sd, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        detail = " ".join(ln.strip() for ln in str(e).splitlines()[:2])[:300]
+        raise ModelError(f"model.path={path}: does not fit the model.* sizes ({detail})") from None
+
+
 def _timm_backbone(cfg: ModelConfig) -> tuple[nn.Module, tuple, tuple]:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    if cfg.arch == "tiny" and not cfg.path:
+    if cfg.arch == "tiny":
         m = VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.hidden_size,
                               depth=cfg.num_layers, num_heads=cfg.num_heads,
                               mlp_ratio=cfg.intermediate_size / cfg.hidden_size, num_classes=0)
+        if cfg.path and cfg.pretrained:
+            _load_state_dict_file(m, cfg.path)
         return m, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     kwargs = dict(num_classes=0, img_size=cfg.img_size, patch_size=cfg.patch_size)
     try:
@@ -141,10 +178,12 @@ def _timm_backbone(cfg: ModelConfig) -> tuple[nn.Module, tuple, tuple]:
     return m, tuple(dc.get("mean", (0.5,) * 3)), tuple(dc.get("std", (0.5,) * 3))
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[str]] = None) -> nn.Module:
     """Build the classifier described by ``cfg`` with a fresh K-way head.
 
-    The head is initialised from the global torch RNG: seed it before calling for reproducible runs.
+    The head is initialised from the global torch RNG: seed it before calling for reproducible runs. For
+    ``family='open_clip'`` with ``class_names`` it is CLIP's zero-shot classifier of those names instead
+    (see :mod:`hpcfed.models.clip`); the other families ignore ``class_names``.
 
     Raises:
         ModelError: the path does not exist, or the architecture is unknown.
@@ -156,4 +195,8 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.family == "timm_vit":
         backbone, mean, std = _timm_backbone(cfg)
         return ImageClassifier(backbone, num_classes, mean, std, dropout=cfg.dropout, img_size=cfg.img_size)
+    if cfg.family == "open_clip":
+        from hpcfed.models.clip import build_clip_classifier
+
+        return build_clip_classifier(cfg, num_classes, class_names)
     raise ModelError(f"model.family={cfg.family!r} unknown")
