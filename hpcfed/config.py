@@ -478,8 +478,14 @@ def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> C
             loaded.pop("defaults", None)
             merged = OmegaConf.merge(merged, loaded)
         source = "command line"
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        for word in overrides:
+            try:
+                dot = OmegaConf.from_dotlist([word])
+            except oc_errors.OmegaConfBaseException:
+                raise
+            except Exception as e:  # yaml errors on values such as control characters
+                raise ConfigError(f"command line: cannot parse {word!r} ({str(e).splitlines()[0]})") from None
+            merged = OmegaConf.merge(merged, dot)
         source = "config"
         OmegaConf.resolve(merged)
         obj = OmegaConf.to_object(merged)
