@@ -254,6 +254,9 @@ class LocalConfig:
     max_grad_norm: Optional[float] = None
     bf16: bool = False
     """bf16 autocast for forward/backward (trainable master weights stay fp32)."""
+    length_buckets: int = 4
+    """Text: split each batch, sorted by length, into this many micro-batches, each padded only to its own
+    longest sequence, and sum their gradients (exact: padding is masked). 1 pads the whole batch."""
 
     def __post_init__(self) -> None:
         _positive("fl.local.epochs", self.epochs)
@@ -267,6 +270,7 @@ class LocalConfig:
         _fraction("fl.local.beta1", self.beta1)
         _fraction("fl.local.beta2", self.beta2)
         _positive("fl.local.max_grad_norm", self.max_grad_norm)
+        _positive("fl.local.length_buckets", self.length_buckets)
 
 
 ALGORITHMS = ("fedavg", "fedprox")

@@ -1,17 +1,24 @@
-"""Saving and loading the global PEFT parameters as safetensors with their flat layout.
+"""Saving and loading the global PEFT parameters.
 
-The file holds one tensor per trainable parameter (names as in the model) and metadata:
-``layout`` (JSON list of [name, shape, offset]), ``peft_method`` and ``config_hash``. Loading never
-unpickles anything.
+* :func:`save_peft` / :func:`load_peft`: one safetensors file, one tensor per trainable parameter (names as in
+  the model) and metadata: ``layout`` (JSON list of [name, shape, offset]), ``peft_method`` and
+  ``config_hash``. This is the run's own format (``final/peft.safetensors``, checkpoints).
+* :func:`export_peft` / :func:`load_export`: a folder in the libraries' formats (peft ``save_pretrained``
+  where the method uses peft; otherwise a safetensors state dict named as the backbone's own
+  ``state_dict``), for use outside hpcfed.
+
+Loading never unpickles anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -45,3 +52,194 @@ def load_peft(path: Path, flat: FlatParams) -> torch.Tensor:
         return flat.flat_from_state_dict(sd)
     except LayoutError as e:
         raise LayoutError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Library-native exports
+# ---------------------------------------------------------------------------------------------------------
+
+EXPORT_META = "export.json"
+STATE_FILE = "trainable.safetensors"
+EXPORT_VERSION = 1
+_PEFT_PREFIX = "base_model.model."
+
+
+def _is_peft_model(module: nn.Module) -> bool:
+    return callable(getattr(module, "save_pretrained", None)) and hasattr(module, "peft_config")
+
+
+def export_name(name: str, peft_wrapped: bool = False) -> str:
+    """The name a trainable parameter gets in an exported state dict: the backbone's own ``state_dict`` name
+    (our ``backbone.`` prefix, and peft's ``base_model.model.`` where the backbone is wrapped, stripped);
+    ``head.*`` unchanged."""
+    if name.startswith("backbone."):
+        name = name[len("backbone."):]
+        if peft_wrapped and name.startswith(_PEFT_PREFIX):
+            name = name[len(_PEFT_PREFIX):]
+    return name
+
+
+@contextlib.contextmanager
+def _flat_values(flat: FlatParams, theta: Optional[torch.Tensor]) -> Iterator[None]:
+    """Temporarily make the model's trainable parameters hold ``theta`` (they are views of ``flat.data``)."""
+    if theta is None:
+        yield
+        return
+    if theta.shape != flat.data.shape:
+        raise LayoutError(f"theta has shape {tuple(theta.shape)}, the flat buffer {tuple(flat.data.shape)}")
+    saved = flat.data.detach().clone()
+    with torch.no_grad():
+        flat.data.copy_(theta)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            flat.data.copy_(saved)
+
+
+def _split_segments(model: nn.Module, flat: FlatParams) -> tuple[list, list]:
+    """(segments exported by peft's save_pretrained, segments exported as a state dict)."""
+    if not _is_peft_model(model.backbone):
+        return [], list(flat.layout)
+    # Methods that wrap the backbone with peft (lora, text prompts) train nothing else inside it.
+    peft_segs = [s for s in flat.layout if s.name.startswith("backbone.")]
+    return peft_segs, [s for s in flat.layout if not s.name.startswith("backbone.")]
+
+
+def export_peft(model: nn.Module, flat: FlatParams, theta: Optional[torch.Tensor], out_dir: Path, cfg) -> Path:
+    """Export the trained parameters ``theta`` (default: the flat buffer's values) in the libraries' formats.
+
+    ``out_dir`` gets (written to a temporary folder, then renamed):
+
+    * where the backbone is a ``peft.PeftModel`` (``lora``; ``prompt`` on text encoders): peft's
+      ``save_pretrained`` files (``adapter_config.json``, ``adapter_model.safetensors``), loadable with
+      ``PeftModel.from_pretrained(backbone, out_dir)``;
+    * ``trainable.safetensors``: every other trained tensor — for peft methods the head only; for the others
+      (``bias``, ``head``, ``full``, ``adapter``, visual ``prompt``) all of them — named as in the backbone's
+      own ``state_dict`` (our ``backbone.`` prefix stripped; adapters and visual prompts under their module
+      names, e.g. ``blocks.0.adapter_attn.down.weight``, ``visual.prompt.embeddings``) and the head as
+      ``head.weight`` / ``head.bias``; load with ``backbone.load_state_dict(sd, strict=False)`` after
+      applying the same method;
+    * ``export.json``: method, family, files and the config hash.
+
+    Args:
+        model, flat: the model with its PEFT method applied and its flat buffer.
+        theta: (n,) values to export (e.g. the global parameters); the model is left as it was.
+        out_dir: folder to create (replaced if it exists).
+        cfg: the run's :class:`~hpcfed.config.Config` (or a ``PeftConfig``).
+
+    Raises:
+        LayoutError: ``theta`` does not fit the flat buffer, or two tensors would get the same name.
+    """
+    import json
+    import shutil
+
+    out_dir = Path(out_dir)
+    peft_cfg = getattr(cfg, "peft", cfg)
+    family = getattr(getattr(cfg, "model", None), "family", None)
+    wrapped = _is_peft_model(model.backbone)
+    peft_segs, sd_segs = _split_segments(model, flat)
+    src = flat.data if theta is None else theta
+    tensors: dict[str, torch.Tensor] = {}
+    for s in sd_segs:
+        key = export_name(s.name, wrapped)
+        if key in tensors:
+            raise LayoutError(f"two trained tensors export as {key!r}")
+        tensors[key] = src[s.offset:s.end].view(s.shape).detach().contiguous().cpu().clone()
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    files = [STATE_FILE]
+    if wrapped:
+        with _flat_values(flat, theta):
+            model.backbone.save_pretrained(str(tmp))
+        files += [p.name for p in tmp.iterdir() if p.is_file()]
+    save_file(tensors, str(tmp / STATE_FILE), metadata={"peft_method": str(peft_cfg.method)})
+    meta = {
+        "version": EXPORT_VERSION, "method": peft_cfg.method, "family": family, "peft_library": wrapped,
+        "files": sorted(files + [EXPORT_META]), "state_dict_keys": sorted(tensors), "peft_tensors": len(peft_segs),
+        "config_hash": cfg.hash() if hasattr(cfg, "hash") else None,
+    }
+    (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def load_export(model: nn.Module, flat: FlatParams, export_dir: Path) -> torch.Tensor:
+    """Read a folder written by :func:`export_peft` into an (n,) vector of ``flat``'s layout.
+
+    ``model`` must have the same PEFT method applied (same sizes); its parameters are left unchanged.
+
+    Raises:
+        LayoutError: missing folder/files, or an export of another method/shape (names the first mismatch).
+    """
+    import json
+
+    export_dir = Path(export_dir)
+    meta_path = export_dir / EXPORT_META
+    if not export_dir.is_dir():
+        raise LayoutError(f"export {export_dir}: no such folder")
+    if not meta_path.is_file():
+        raise LayoutError(f"export {export_dir}: no {EXPORT_META} (not written by export_peft)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise LayoutError(f"{meta_path}: not valid JSON ({e})") from None
+    wrapped = _is_peft_model(model.backbone)
+    if bool(meta.get("peft_library")) != wrapped:
+        raise LayoutError(f"export {export_dir}: method {meta.get('method')!r} "
+                          f"({'peft' if meta.get('peft_library') else 'state dict'} format) does not fit this model "
+                          f"({'peft' if wrapped else 'state dict'} format)")
+    try:
+        sd = load_file(str(export_dir / STATE_FILE))
+    except (SafetensorError, OSError) as e:
+        raise LayoutError(f"{export_dir / STATE_FILE}: not a readable safetensors file ({e})") from None
+    peft_segs, sd_segs = _split_segments(model, flat)
+    out = flat.data.detach().clone()
+    want = {export_name(s.name, wrapped): s for s in sd_segs}
+    extra = sorted(set(sd) - set(want))
+    if extra:
+        raise LayoutError(f"{export_dir / STATE_FILE}: tensor {extra[0]!r} is not trained by this model "
+                          f"(method {meta.get('method')!r} exported, is the model's method the same?)")
+    for key, s in want.items():
+        t = sd.get(key)
+        if t is None:
+            raise LayoutError(f"{export_dir / STATE_FILE}: tensor {key!r} missing")
+        if tuple(t.shape) != s.shape:
+            raise LayoutError(f"{export_dir / STATE_FILE}: tensor {key!r} has shape {tuple(t.shape)}, the model has "
+                              f"{s.shape}")
+        out[s.offset:s.end] = t.reshape(-1).to(out.dtype)
+    if wrapped:
+        _load_peft_part(model, flat, export_dir, peft_segs, out)
+    return out
+
+
+def _load_peft_part(model: nn.Module, flat: FlatParams, export_dir: Path, segs: list, out: torch.Tensor) -> None:
+    """Load peft's adapter file into the peft segments of ``out`` (through the model, then restored)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    if not any((export_dir / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise LayoutError(f"export {export_dir}: no adapter_model.safetensors (peft save_pretrained output)")
+    loaded = load_peft_weights(str(export_dir), device="cpu")
+    expected = get_peft_model_state_dict(model.backbone)
+    for k in sorted(set(loaded) | set(expected)):
+        if k not in expected:
+            raise LayoutError(f"{export_dir}: peft tensor {k!r} is not in this model (another method or targets?)")
+        if k not in loaded:
+            raise LayoutError(f"{export_dir}: peft tensor {k!r} missing")
+        if loaded[k].shape != expected[k].shape:
+            raise LayoutError(f"{export_dir}: peft tensor {k!r} has shape {tuple(loaded[k].shape)}, the model has "
+                              f"{tuple(expected[k].shape)}")
+    saved = flat.data.detach().clone()
+    try:
+        with torch.no_grad():
+            set_peft_model_state_dict(model.backbone, loaded)  # copies into the parameters = views of flat.data
+            for s in segs:
+                out[s.offset:s.end] = flat.data[s.offset:s.end]
+    finally:
+        with torch.no_grad():
+            flat.data.copy_(saved)

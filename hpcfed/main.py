@@ -89,7 +89,7 @@ def run(cfg: Config) -> dict:
     from hpcfed.callbacks import CheckpointWriter, MetricsWriter, ProgressBar
     from hpcfed.checkpoint import CheckpointError, find_resume_checkpoint
     from hpcfed.dist import init_runtime, make_comm
-    from hpcfed.export import save_peft
+    from hpcfed.export import export_peft, save_peft
     from hpcfed.signals import StopFlag
 
     t_start = time.perf_counter()
@@ -133,6 +133,7 @@ def run(cfg: Config) -> dict:
         if rt.is_main:
             save_peft(run_dir / "final" / "peft.safetensors", loop.flat, loop.theta_global,
                       peft_method=cfg.peft.method, config_hash=cfg.hash(), round=str(state.round))
+            export_peft(loop.model, loop.flat, loop.theta_global, run_dir / "final" / "export", cfg)
             log.info("done: %s", {k: final[k] for k in ("round", "test_acc", "wall_s") if k in final})
         dataset.close()
         return final

@@ -16,6 +16,8 @@ from hpcfed.config import _minilm_path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Unit tests use tiny tensors: one thread is faster than two fighting over a shared 2-core machine.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -77,6 +77,18 @@ def local_batches(n: int, batch_size: int, *, epochs: int, steps: Optional[int],
     return list(stream.view(steps, bs))
 
 
+def length_buckets(data: ClientData, idx: torch.Tensor, buckets: int) -> list[torch.Tensor]:
+    """Split batch ``idx`` into at most ``buckets`` micro-batches of similar length (text only).
+
+    Examples are ordered by length (stable) and cut into near-equal chunks, so each micro-batch is padded only
+    to its own longest example. Images, or ``buckets == 1``, give ``[idx]``.
+    """
+    if data.lengths is None or buckets <= 1 or len(idx) <= 1:
+        return [idx]
+    order = idx[torch.argsort(data.lengths[idx], stable=True)]
+    return [p for p in order.tensor_split(min(buckets, len(idx))) if len(p)]
+
+
 class LocalTrainer:
     """Trains ``flat`` (the model's trainable parameters) on one client's data.
 
@@ -137,12 +149,16 @@ class LocalTrainer:
         batches = local_batches(len(data), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
         last = torch.zeros(())
         for step, idx in enumerate(batches, start=1):
-            x, y, lengths = batch_to(data, idx, self.device)
             self.flat.zero_grad()
-            with autocast_ctx(self.device, c.bf16):
-                logits = self.model(x, lengths)
-            loss = F.cross_entropy(logits.float(), y)
-            loss.backward()
+            loss = torch.zeros((), device=self.device)
+            for part in length_buckets(data, idx, c.length_buckets):
+                x, y, lengths = batch_to(data, part, self.device)
+                with autocast_ctx(self.device, c.bf16):
+                    logits = self.model(x, lengths)
+                # mean over the whole batch = sum over micro-batches of (size share × their mean)
+                part_loss = F.cross_entropy(logits.float(), y) * (len(part) / len(idx))
+                part_loss.backward()
+                loss += part_loss.detach()
             if grad_hook is not None:
                 grad_hook(self.flat)
             if c.max_grad_norm is not None:

@@ -1,4 +1,4 @@
-"""Backbones (transformers, timm) with a classification head. Knows nothing of FL."""
+"""Backbones (transformers, timm, open_clip) with a classification head. Knows nothing of FL."""
 
 from hpcfed.models.build import ImageClassifier, ModelError, TextClassifier, build_model
 

@@ -1,31 +1,76 @@
-"""Generic PEFT checks over every method x tiny backbone: only the method's parameters change, identity
-start where the method promises it, local training lowers the loss."""
+"""Generic PEFT checks over one table of (method, tiny backbone, variant) rows: only the method's parameters
+change, identity start where the method promises it, local training lowers the loss, and the export
+round-trips (peft's from_pretrained for peft-backed methods, a state dict for the others)."""
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from hpcfed.config import load_config
+from hpcfed.export import STATE_FILE, export_peft, load_export
 from hpcfed.fl.client import LocalTrainer, evaluate
 from hpcfed.models import build_model
 from hpcfed.peft import apply_peft, frozen_state
 from tests.conftest import tiny_model_args, toy_client_data
 
-CASES = [(m, f) for m in ("bias", "lora", "head", "full") for f in ("hf_text", "timm_vit")]
+FAMILIES = ("hf_text", "timm_vit", "open_clip")
+METHODS = ("bias", "lora", "adapter", "prompt", "head", "full")
+# One row per method x family (default variants), plus the other variants of adapter and prompt.
+CASES = [(m, f, ()) for m in METHODS for f in FAMILIES] + [
+    ("adapter", f, ("peft.adapter_variant=parallel",)) for f in FAMILIES] + [
+    ("prompt", f, ("peft.prompt_depth=deep",)) for f in ("timm_vit", "open_clip")]
+IDS = [f"{m}-{f}" + ("-" + x[0].split("=")[1] if x else "") for m, f, x in CASES]
+# Methods whose backbone becomes a peft.PeftModel (exported with save_pretrained).
+PEFT_LIBRARY = {("lora", "hf_text"), ("lora", "timm_vit"), ("lora", "open_clip"), ("prompt", "hf_text")}
+TRAINED_NAME = {
+    "head": lambda n: n.startswith("head."),
+    "bias": lambda n: n.endswith(".bias") or n.startswith("head."),
+    "lora": lambda n: "lora_" in n or n.startswith("head."),
+    "adapter": lambda n: "adapter_" in n or n.startswith("head."),
+    "prompt": lambda n: "prompt" in n or n.startswith("head."),
+    "full": lambda n: True,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is ~10x faster than several on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def model_args(family: str) -> list[str]:
+    """Tiny random-init backbone of ``family`` (conftest has no open_clip entry)."""
+    if family == "open_clip":
+        return ["model.family=open_clip", "model.path=null", "model.pretrained=false", "model.arch=tiny",
+                "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+                "model.img_size=16", "model.patch_size=4"]
+    return tiny_model_args(family)
+
+
+def _cfg(method, family, extra=()):
+    return load_config(model_args(family) + [f"peft.method={method}", "fl.local.steps=20", "fl.local.lr=3e-3",
+                                             "fl.local.batch_size=16", "model.dropout=0.0", *extra])
 
 
 def _setup(method, family, extra=()):
-    cfg = load_config(tiny_model_args(family) + [f"peft.method={method}", "fl.local.steps=20",
-                                                 "fl.local.lr=3e-3", "fl.local.batch_size=16",
-                                                 "model.dropout=0.0", *extra])
+    cfg = _cfg(method, family, extra)
     torch.manual_seed(0)
     model = build_model(cfg.model, 2)
     flat = apply_peft(model, cfg.peft)
     return cfg, model, flat
 
 
-@pytest.mark.parametrize("method,family", CASES)
-def test_only_method_params_change_and_loss_drops(method, family):
-    cfg, model, flat = _setup(method, family)
+def _logits(model, data):
+    with torch.no_grad():
+        return model.eval()(data.x, data.lengths)
+
+
+@pytest.mark.parametrize("method,family,extra", CASES, ids=IDS)
+def test_only_method_params_change_and_loss_drops(method, family, extra):
+    cfg, model, flat = _setup(method, family, extra)
     data = toy_client_data(family)
     frozen_before = {n: p.detach().clone() for n, p in frozen_state(model, flat)}
     theta0 = flat.data.clone()
@@ -38,27 +83,139 @@ def test_only_method_params_change_and_loss_drops(method, family):
         assert torch.equal(p, frozen_before[n]), f"frozen parameter {n} changed"
     assert not torch.equal(flat.data, theta0)
     assert after[0] < before[0], "training did not lower the loss"
-    if method == "head":
-        assert all(n.startswith("head.") for n in flat.names)
-    if method == "bias":
-        assert all(n.endswith(".bias") or n.startswith("head.") for n in flat.names)
-    if method == "lora":
-        assert all("lora_" in n or n.startswith("head.") for n in flat.names)
+    assert all(TRAINED_NAME[method](n) for n in flat.names), flat.names
+    assert {"head.weight", "head.bias"} <= set(flat.names)
     if method == "full":
         assert len(frozen_before) == 0
+    else:
+        assert len(frozen_before) > 0
+    if method != "head":
+        assert len(flat.names) > 2  # the method adds or unfreezes something besides the head
 
 
-@pytest.mark.parametrize("family", ["hf_text", "timm_vit"])
-def test_lora_starts_as_identity(family):
-    cfg = load_config(tiny_model_args(family) + ["model.dropout=0.0"])
+IDENTITY = [(m, f, x) for m, f, x in CASES if m in ("lora", "adapter")]
+
+
+@pytest.mark.parametrize("method,family,extra", IDENTITY, ids=[f"{m}-{f}{'-' + x[0] if x else ''}"
+                                                                 for m, f, x in IDENTITY])
+def test_identity_start(method, family, extra):
+    """Invariant 4: LoRA (B = 0) and adapters (up-projection = 0) leave the model's output unchanged."""
+    cfg = _cfg(method, family, extra)
     torch.manual_seed(0)
-    base = build_model(cfg.model, 2).eval()
+    base = build_model(cfg.model, 2)
     data = toy_client_data(family, n=8)
-    ref = base(data.x, data.lengths)
-    cfg.peft.method = "lora"
+    ref = _logits(base, data)
     flat = apply_peft(base, cfg.peft)
-    assert flat.numel > 0
-    torch.testing.assert_close(base.eval()(data.x, data.lengths), ref, rtol=0, atol=0)
+    assert flat.numel > base.head.weight.numel() + base.head.bias.numel()
+    torch.testing.assert_close(_logits(base, data), ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["timm_vit", "open_clip"])
+def test_visual_prompts_change_output_and_leave_token_layout(family):
+    """VPT-deep: one (P, D) set per block; prompts change the output and are removed after the last block,
+    so the backbone's own pooling sees its usual (prefix + patch) tokens."""
+    cfg = _cfg("prompt", family, ("peft.prompt_depth=deep", "peft.prompt_length=3"))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2)
+    data = toy_client_data(family, n=2)
+    base = _logits(model, data)
+    apply_peft(model, cfg.peft)
+    assert not torch.allclose(_logits(model, data), base)
+    vit = model.backbone if family == "timm_vit" else model.backbone.visual
+    assert vit.prompt.embeddings.shape == (cfg.model.num_layers, 3, cfg.model.hidden_size)
+    seen = []
+    handle = vit.transformer.resblocks[-1].register_forward_hook(lambda m, a, o: seen.append(o.shape)) \
+        if family == "open_clip" else vit.norm.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    _logits(model, data)
+    handle.remove()
+    n_tokens = (16 // 4) ** 2 + 1  # patches + class token
+    assert seen[-1][1] == n_tokens
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_text_prompt_outputs_are_not_pooled(pooling):
+    """Soft prompts act through attention only: pooling reads the real tokens' positions (prompts dropped)."""
+    cfg, model, flat = _setup("prompt", "hf_text", (f"model.pooling={pooling}", "peft.prompt_length=4"))
+    data = toy_client_data("hf_text", n=6)
+    lmax = int(data.lengths.max())
+    x = data.x[:, :lmax].long()
+    attn = (torch.arange(lmax)[None, :] < data.lengths[:, None]).long()  # (B, L)
+    with torch.no_grad():
+        h = model.eval().backbone(input_ids=x, attention_mask=attn).last_hidden_state  # (B, 4 + L, D)
+        assert h.shape[1] == 4 + lmax
+        h = h[:, 4:]
+        m = attn.unsqueeze(-1).float()
+        want = h[:, 0] if pooling == "cls" else (h * m).sum(1) / m.sum(1)
+        torch.testing.assert_close(model.features(data.x, data.lengths), want)
+
+
+def test_method_errors():
+    from hpcfed.config import ConfigError
+
+    with pytest.raises(ConfigError, match="text encoders support only 'shallow'"):
+        _setup("prompt", "hf_text", ("peft.prompt_depth=deep",))
+    with pytest.raises(ConfigError, match="larger than the hidden size 32"):
+        _setup("adapter", "timm_vit", ("peft.adapter_reduction_factor=64",))
+    with pytest.raises(ConfigError, match="lora_dropout"):
+        _setup("lora", "open_clip", ("peft.lora_dropout=0.1",))
+    with pytest.raises(ConfigError, match="MultiheadAttention"):
+        _setup("lora", "open_clip", ("peft.lora_target_modules=[attn]",))
+
+
+def _perturb(flat, seed=0):
+    """Move every trainable value (so an export of the initial values cannot pass by accident)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        flat.data.add_(0.05 * torch.randn(flat.data.shape, generator=g))
+
+
+@pytest.mark.parametrize("method,family,extra", CASES, ids=IDS)
+def test_export_round_trip(method, family, extra, tmp_path):
+    """Export, then load into a fresh copy of the base model with the libraries' own loaders: same logits."""
+    cfg, model, flat = _setup(method, family, extra)
+    _perturb(flat)
+    theta = flat.data.clone()
+    data = toy_client_data(family, n=8)
+    want = _logits(model, data)
+    out = export_peft(model, flat, None, tmp_path / "export", cfg)
+    torch.manual_seed(0)
+    fresh = build_model(cfg.model, 2)  # same seed: the same frozen backbone and head init
+    sd = load_file(str(out / STATE_FILE))
+    if (method, family) in PEFT_LIBRARY:
+        from peft import PeftModel
+
+        assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+        assert set(sd) == {"head.weight", "head.bias"}
+        fresh.backbone = PeftModel.from_pretrained(fresh.backbone, str(out))
+    else:
+        assert not any(k.startswith("backbone.") for k in sd)
+        if method not in ("head", "bias", "full"):
+            apply_peft(fresh, cfg.peft)  # adapters / visual prompts must exist before their weights load
+        res = fresh.backbone.load_state_dict({k: v for k, v in sd.items() if not k.startswith("head.")},
+                                             strict=False)
+        assert not res.unexpected_keys
+    fresh.head.load_state_dict({"weight": sd["head.weight"], "bias": sd["head.bias"]})
+    torch.testing.assert_close(_logits(fresh, data), want, rtol=1e-5, atol=1e-6)
+
+    # And hpcfed's own loader gives back the flat vector, leaving the model untouched.
+    torch.manual_seed(0)
+    again = build_model(cfg.model, 2)
+    flat2 = apply_peft(again, cfg.peft)
+    before = flat2.data.clone()
+    torch.testing.assert_close(load_export(again, flat2, out), theta, rtol=0, atol=0)
+    assert torch.equal(flat2.data, before)
+
+
+def test_export_uses_theta_and_leaves_model(tmp_path):
+    cfg, model, flat = _setup("lora", "timm_vit")
+    theta = flat.data + 1.0
+    keep = flat.data.clone()
+    out = export_peft(model, flat, theta, tmp_path / "e", cfg)
+    assert torch.equal(flat.data, keep)
+    torch.manual_seed(0)
+    again = build_model(cfg.model, 2)
+    flat2 = apply_peft(again, cfg.peft)
+    torch.testing.assert_close(load_export(again, flat2, out), theta, rtol=0, atol=0)
 
 
 def test_same_seed_same_local_update():
