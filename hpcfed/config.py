@@ -280,6 +280,11 @@ ALGORITHMS = ("fedavg", "fedprox")
 class FLConfig:
     """Federated rounds: cohort sampling, local training, aggregation, server step."""
 
+    mode: str = "federated"
+    """'federated', or a baseline in the same runner: 'centralized' (pooled data, same optimizer and step
+    budget) or 'local_only' (each client alone with its FL step budget); see hpcfed/fl/baselines.py."""
+    local_only_holdout: float = 0.2
+    """local_only: share of each client's examples held out as its own test split."""
     algorithm: str = "fedavg"
     """'fedavg' (McMahan et al., AISTATS 2017) or 'fedprox' (Li et al., MLSys 2020)."""
     rounds: int = 20
@@ -300,6 +305,8 @@ class FLConfig:
 
     def __post_init__(self) -> None:
         _choice("fl.algorithm", self.algorithm, ALGORITHMS)
+        _choice("fl.mode", self.mode, ("federated", "centralized", "local_only"))
+        _fraction("fl.local_only_holdout", self.local_only_holdout)
         _positive("fl.max_update_norm", self.max_update_norm)
         _positive("fl.max_failed_clients_per_round", self.max_failed_clients_per_round, allow_zero=True)
         _fraction("fl.inject_failure_rate", self.inject_failure_rate)

@@ -6,6 +6,7 @@ hosts its share of every round's cohort; see ``docs/`` and ``../shared/DESIGN.md
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -77,7 +78,14 @@ def build_loop(cfg: Config, rt, comm, callbacks=None):
     model = build_model(cfg.model, num_classes, class_names=dataset.class_names).to(rt.device)
     flat = apply_peft(model, cfg.peft)
     test = dataset.load_test()
-    return FederatedLoop(cfg, model, flat, dataset, test, comm, rt.device, callbacks), dataset
+    loop_data = dataset
+    if cfg.fl.mode == "centralized":
+        from dataclasses import replace
+
+        from hpcfed.fl.baselines import PooledDataset, centralized_config
+
+        cfg, loop_data = replace(cfg, fl=centralized_config(cfg)), PooledDataset(dataset)
+    return FederatedLoop(cfg, model, flat, loop_data, test, comm, rt.device, callbacks), dataset
 
 
 def run(cfg: Config) -> dict:
@@ -121,8 +129,16 @@ def run(cfg: Config) -> dict:
                                  keep_last=cfg.checkpoint.keep_last, total_rounds=cfg.fl.rounds,
                                  config_hash=cfg.hash()),
             ]
+            info = {"trainable_params": loop.flat.numel,
+                    "total_params": sum(p.numel() for p in loop.model.parameters()),
+                    "world_size": rt.world_size, "device": str(rt.device), "peft_method": cfg.peft.method,
+                    "num_clients": dataset.num_clients, "config_hash": cfg.hash(),
+                    "resumed_from_round": loop.state.round}
+            (run_dir / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
             log.info("world=%d device=%s method=%s trainable=%d clients=%d cohort=%d", rt.world_size,
                      rt.device, cfg.peft.method, loop.flat.numel, dataset.num_clients, cfg.fl.cohort_size)
+        if cfg.fl.mode == "local_only":
+            return _run_local_only(cfg, loop, dataset, comm, rt, t_start)
         try:
             state = loop.run()
         finally:
@@ -139,6 +155,26 @@ def run(cfg: Config) -> dict:
         return final
     finally:
         rt.shutdown()
+
+
+def _run_local_only(cfg: Config, loop, dataset, comm, rt, t_start: float) -> dict:
+    """The local-only baseline: every client alone; one metrics line plus ``local_only.json``."""
+    from hpcfed.fl.baselines import run_local_only
+
+    for cb in loop.callbacks:
+        cb.close()
+    res = run_local_only(cfg, loop.model, loop.flat, dataset, loop.test_data, comm, rt.device)
+    res["wall_s"] = time.perf_counter() - t_start
+    if rt.is_main:
+        per_client = res.pop("per_client")
+        with open(cfg.run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(res) + "\n")
+        (cfg.run_dir / "local_only.json").write_text(json.dumps(
+            {**res, "columns": ["client", "n_train", "test_acc", "local_test_acc"], "per_client": per_client},
+            indent=1) + "\n")
+        log.info("local only: mean test acc %.4f, mean held-out acc %s", res["test_acc"], res["local_test_acc"])
+    dataset.close()
+    return res
 
 
 def _abort_peers(code: int) -> None:
