@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{unf_ms} | {speed} |", flush=True)
             if args.block_sizes:
                 for bs in args.block_sizes:
-                    tb = time_fn(lambda: case.triton(bs), device, args.min_time, args.min_repeats)
+                    tb = time_fn(lambda c=case, b=bs: c.triton(b), device, args.min_time, args.min_repeats)
                     sweep_rows.append((case.kernel, case.variant, n, bs, tb, nbytes / tb / 1e9, copy_bw))
             del case
         if device.startswith("cuda"):

@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_model_args(family: str) -> list[str]:
+    """Config words for a tiny random-init backbone of ``family`` (hf_text, timm_vit, open_clip)."""
+    if family == "open_clip":
+        return ["model.family=open_clip", "model.path=null", "model.pretrained=false", "model.arch=tiny",
+                "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+                "model.img_size=16", "model.patch_size=4"]
     if family == "hf_text":
         return ["model.family=hf_text", "model.path=null", "model.pretrained=false", "model.arch=bert",
                 "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",

@@ -183,7 +183,7 @@ def test_lr_scale_is_a_per_element_learning_rate(backend, helpers):
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_masked_out_nan_gradients_do_not_leak(backend, helpers):
-    d, n = helpers.DEVICE, 300
+    n = 300
     x = _inputs(n, "random", torch.bfloat16, True, 10, helpers)
     x["grad"][~x["mask"]] = float("nan")
     y = helpers.clone_all(x)

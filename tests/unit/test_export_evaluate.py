@@ -17,13 +17,6 @@ from hpcfed.peft import apply_peft
 from tests.unit.test_peft_methods import model_args
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def image_words(tmp_path_factory):

@@ -14,13 +14,6 @@ from tests.unit.test_peft_methods import model_args
 NAMES = ["cat", "dog", "pickup_truck"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def no_network(monkeypatch):

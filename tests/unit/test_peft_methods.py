@@ -32,21 +32,8 @@ TRAINED_NAME = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is ~10x faster than several on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def model_args(family: str) -> list[str]:
-    """Tiny random-init backbone of ``family`` (conftest has no open_clip entry)."""
-    if family == "open_clip":
-        return ["model.family=open_clip", "model.path=null", "model.pretrained=false", "model.arch=tiny",
-                "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
-                "model.img_size=16", "model.patch_size=4"]
     return tiny_model_args(family)
 
 
