@@ -254,6 +254,10 @@ class LocalConfig:
     max_grad_norm: Optional[float] = None
     bf16: bool = False
     """bf16 autocast for forward/backward (trainable master weights stay fp32)."""
+    logit_adjust_tau: float = 0.0
+    """Logit-adjusted local loss for label skew: CE(logits + τ·log p_client) with the client's smoothed label
+    prior p_client (Menon et al., ICLR 2021; in FL: Zhang et al., FedLC, ICML 2022). 0 is plain CE.
+    Evaluation always uses the plain logits."""
     length_buckets: int = 4
     """Text: split each batch, sorted by length, into this many micro-batches, each padded only to its own
     longest sequence, and sum their gradients (exact: padding is masked). 1 pads the whole batch."""
@@ -271,6 +275,7 @@ class LocalConfig:
         _fraction("fl.local.beta2", self.beta2)
         _positive("fl.local.max_grad_norm", self.max_grad_norm)
         _positive("fl.local.length_buckets", self.length_buckets)
+        _positive("fl.local.logit_adjust_tau", self.logit_adjust_tau, allow_zero=True)
 
 
 ALGORITHMS = ("fedavg", "fedprox")

@@ -124,6 +124,12 @@ class LocalTrainer:
                 momentum=c.momentum, weight_decay=c.weight_decay, step=step, mask=mask,
                 lr_scale=self.lr_scale, backend=self.kernel_backend)
 
+    def _logit_adjustment(self, data: ClientData) -> torch.Tensor:
+        """τ·log p (K,) of the client's label prior, add-one smoothed (every class keeps p > 0)."""
+        k = self.model.head.out_features
+        counts = torch.bincount(data.y, minlength=k).double() + 1.0
+        return (self.cfg.logit_adjust_tau * torch.log(counts / counts.sum())).float().to(self.device)
+
     def train(self, data: ClientData, seed: int, *, grad_hook: Optional[GradHook] = None,
               mask: Optional[torch.Tensor] = None) -> LocalResult:
         """Run local training from the current values of the flat buffer.
@@ -147,6 +153,7 @@ class LocalTrainer:
         loss_sum = torch.zeros((), device=self.device)
         seen = 0
         batches = local_batches(len(data), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
+        adjust = self._logit_adjustment(data) if c.logit_adjust_tau > 0 else None
         last = torch.zeros(())
         for step, idx in enumerate(batches, start=1):
             self.flat.zero_grad()
@@ -156,7 +163,8 @@ class LocalTrainer:
                 with autocast_ctx(self.device, c.bf16):
                     logits = self.model(x, lengths)
                 # mean over the whole batch = sum over micro-batches of (size share × their mean)
-                part_loss = F.cross_entropy(logits.float(), y) * (len(part) / len(idx))
+                logits = logits.float() if adjust is None else logits.float() + adjust
+                part_loss = F.cross_entropy(logits, y) * (len(part) / len(idx))
                 part_loss.backward()
                 loss += part_loss.detach()
             if grad_hook is not None:

@@ -43,3 +43,29 @@ def test_bucketed_training_equals_plain():
         b, rb = _train(4, method)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert abs(ra.loss_sum - rb.loss_sum) < 1e-4 * abs(ra.loss_sum)
+
+
+def _train_on(data, tau):
+    cfg = load_config(tiny_model_args("hf_text") + ["peft.method=bias", "model.dropout=0.0", "fl.local.steps=6",
+                                                    "fl.local.batch_size=16", f"fl.local.logit_adjust_tau={tau}",
+                                                    # SGD: Adam would normalise the shrinking gradient away
+                                                    "fl.local.optimizer=sgd", "fl.local.lr=0.5"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2)
+    flat = apply_peft(model, cfg.peft)
+    b0 = model.head.bias.detach().clone()
+    LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu")).train(data, 5)
+    return model, model.head.bias.detach() - b0
+
+
+def test_logit_adjustment():
+    """A uniform label prior only shifts all logits equally (softmax is shift-invariant): same training as
+    plain CE. On a one-class client the adjusted loss moves the head's class bias far less."""
+    data = toy_client_data("hf_text", n=64)
+    data.y = torch.arange(64) % 2  # exactly balanced
+    (a, _), (b, _) = _train_on(data, 0.0), _train_on(data, 1.0)
+    torch.testing.assert_close(a.head.bias, b.head.bias, rtol=1e-5, atol=1e-6)
+    data.y = torch.ones(64, dtype=torch.int64)  # a client that only has class 1
+    (_, plain), (_, adjusted) = _train_on(data, 0.0), _train_on(data, 1.0)
+    gap = lambda d: float(d[1] - d[0])  # noqa: E731 - growth of the class-1 bias over class 0
+    assert gap(plain) > 0 and abs(gap(adjusted)) < 0.5 * gap(plain)
