@@ -254,6 +254,11 @@ class LocalConfig:
     max_grad_norm: Optional[float] = None
     bf16: bool = False
     """bf16 autocast for forward/backward (trainable master weights stay fp32)."""
+    lr_schedule: str = "constant"
+    """Local learning rate over rounds: 'constant', or 'cosine' from lr at round 1 to lr·lr_min_ratio at the
+    last round. A decaying local lr is what FedAvg needs to converge on non-IID data (Li et al., "On the
+    Convergence of FedAvg on Non-IID Data", ICLR 2020)."""
+    lr_min_ratio: float = 0.1
     logit_adjust_tau: float = 0.0
     """Logit-adjusted local loss for label skew: CE(logits + τ·log p_client) with the client's smoothed label
     prior p_client (Menon et al., ICLR 2021; in FL: Zhang et al., FedLC, ICML 2022). 0 is plain CE.
@@ -276,6 +281,8 @@ class LocalConfig:
         _positive("fl.local.max_grad_norm", self.max_grad_norm)
         _positive("fl.local.length_buckets", self.length_buckets)
         _positive("fl.local.logit_adjust_tau", self.logit_adjust_tau, allow_zero=True)
+        _choice("fl.local.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _fraction("fl.local.lr_min_ratio", self.lr_min_ratio, closed_high=True)
 
 
 ALGORITHMS = ("fedavg", "fedprox")
@@ -417,7 +424,8 @@ class Config:
         d = OmegaConf.to_container(OmegaConf.structured(self))
         for k in ("name", "out_dir", "progress", "eval", "dist", "checkpoint"):
             d.pop(k, None)
-        d["fl"].pop("rounds", None)
+        if self.fl.local.lr_schedule == "constant":  # otherwise the total sets every round's lr
+            d["fl"].pop("rounds", None)
         d["data"].pop("shard_dir", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

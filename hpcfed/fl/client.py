@@ -107,20 +107,30 @@ class LocalTrainer:
         n = flat.numel
         self.exp_avg = torch.zeros(n, device=device)
         self.exp_avg_sq = torch.zeros(n, device=device) if cfg.optimizer == "adamw" else None
+        self.lr = cfg.lr
         self.lr_scale = None
         if cfg.head_lr is not None and cfg.head_lr != cfg.lr:
             self.lr_scale = flat.segment_mask(is_head, dtype=torch.float32) * (cfg.head_lr / cfg.lr - 1.0) + 1.0
+
+    def set_round(self, round_idx: int, total_rounds: int) -> None:
+        """Set the local learning rate of round ``round_idx`` (1-based) from ``cfg.lr_schedule``."""
+        c = self.cfg
+        if c.lr_schedule == "cosine" and total_rounds > 1:
+            t = (round_idx - 1) / (total_rounds - 1)
+            self.lr = c.lr * (c.lr_min_ratio + (1 - c.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+        else:
+            self.lr = c.lr
 
     def _optimizer_step(self, step: int, mask: Optional[torch.Tensor]) -> None:
         c = self.cfg
         if c.optimizer == "adamw":
             kernels.masked_adamw_step(
-                self.flat.data, self.flat.grad, self.exp_avg, self.exp_avg_sq, lr=c.lr, beta1=c.beta1,
+                self.flat.data, self.flat.grad, self.exp_avg, self.exp_avg_sq, lr=self.lr, beta1=c.beta1,
                 beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay, step=step, mask=mask,
                 lr_scale=self.lr_scale, backend=self.kernel_backend)
         else:
             kernels.masked_sgd_step(
-                self.flat.data, self.flat.grad, self.exp_avg if c.momentum > 0 else None, lr=c.lr,
+                self.flat.data, self.flat.grad, self.exp_avg if c.momentum > 0 else None, lr=self.lr,
                 momentum=c.momentum, weight_decay=c.weight_decay, step=step, mask=mask,
                 lr_scale=self.lr_scale, backend=self.kernel_backend)
 

@@ -122,6 +122,7 @@ class FederatedLoop:
         t0 = time.perf_counter()
         agg = self.aggregator
         agg.reset()
+        self.trainer.set_round(round_idx, self.cfg.fl.rounds)
         for cid in self.my_clients(round_idx):
             data = self.clients.get(cid)
             try:

@@ -69,3 +69,22 @@ def test_logit_adjustment():
     (_, plain), (_, adjusted) = _train_on(data, 0.0), _train_on(data, 1.0)
     gap = lambda d: float(d[1] - d[0])  # noqa: E731 - growth of the class-1 bias over class 0
     assert gap(plain) > 0 and abs(gap(adjusted)) < 0.5 * gap(plain)
+
+
+def test_cosine_local_lr_schedule():
+    from hpcfed.fl.client import LocalTrainer as LT
+
+    cfg = load_config(tiny_model_args("hf_text") + ["fl.local.lr=1.0", "fl.local.lr_schedule=cosine",
+                                                    "fl.local.lr_min_ratio=0.1"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2)
+    t = LT(model, apply_peft(model, cfg.peft), cfg.fl.local, torch.device("cpu"))
+    lrs = []
+    for r in range(1, 6):
+        t.set_round(r, 5)
+        lrs.append(t.lr)
+    assert lrs[0] == 1.0 and abs(lrs[-1] - 0.1) < 1e-12 and lrs == sorted(lrs, reverse=True)
+    # the schedule's length is part of the config hash (a resumed run must keep it)
+    assert load_config(["fl.local.lr_schedule=cosine", "fl.rounds=5"]).hash() != \
+        load_config(["fl.local.lr_schedule=cosine", "fl.rounds=6"]).hash()
+    assert load_config(["fl.rounds=5"]).hash() == load_config(["fl.rounds=6"]).hash()
