@@ -39,14 +39,6 @@ class LaunchInfo:
     """'torchrun', 'mpi', 'slurm' or 'single'."""
 
 
-def _int_env(*names: str) -> Optional[int]:
-    for n in names:
-        v = os.environ.get(n)
-        if v not in (None, ""):
-            return int(v)
-    return None
-
-
 def detect_launch(environ: Optional[dict] = None) -> LaunchInfo:
     """Read rank, world size and local rank from the launcher's environment variables (see module doc)."""
     env = os.environ if environ is None else environ
