@@ -285,7 +285,6 @@ class LocalConfig:
         _fraction("fl.local.lr_min_ratio", self.lr_min_ratio, closed_high=True)
 
 
-ALGORITHMS = ("fedavg", "fedprox")
 
 
 @dataclass
@@ -298,7 +297,12 @@ class FLConfig:
     local_only_holdout: float = 0.2
     """local_only: share of each client's examples held out as its own test split."""
     algorithm: str = "fedavg"
-    """'fedavg' (McMahan et al., AISTATS 2017) or 'fedprox' (Li et al., MLSys 2020)."""
+    """A registered algorithm (hpcfed/fl/algorithm.py): 'fedavg' (McMahan et al., AISTATS 2017), 'fedprox'
+    (Li et al., MLSys 2020), 'feddat' (Chen et al., AAAI 2024), 'fedyolo' (Zhang et al., 2023), 'fedpft'
+    (Peng et al., IJCAI 2024)."""
+    algo: dict[str, Any] = field(default_factory=dict)
+    """The algorithm's own hyperparameters (its ``Params`` dataclass; defaults from its paper), e.g.
+    ``fl.algo.kd_temperature=3``. Checked against the algorithm when the config is loaded."""
     rounds: int = 20
     cohort_size: int = 10
     """Clients sampled per round (without replacement, seeded by (seed, round))."""
@@ -316,7 +320,6 @@ class FLConfig:
     server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
 
     def __post_init__(self) -> None:
-        _choice("fl.algorithm", self.algorithm, ALGORITHMS)
         _choice("fl.mode", self.mode, ("federated", "centralized", "local_only"))
         _fraction("fl.local_only_holdout", self.local_only_holdout)
         _positive("fl.max_update_norm", self.max_update_norm)
@@ -527,6 +530,9 @@ def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> C
     except oc_errors.OmegaConfBaseException as e:
         raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
     assert isinstance(obj, Config)
+    from hpcfed.fl.algorithm import validate  # lazy: hpcfed.fl imports this module
+
+    validate(obj)
     return obj
 
 

@@ -67,16 +67,13 @@ def build_loop(cfg: Config, rt, comm, callbacks=None):
         (loop, dataset) — the caller closes the dataset.
     """
     from hpcfed.data import ShardedDataset
+    from hpcfed.fl.algorithm import get_algorithm
     from hpcfed.fl.loop import FederatedLoop
-    from hpcfed.models import build_model
-    from hpcfed.peft import apply_peft
 
     shard_dir = prepare_data_collectively(cfg, comm)
     dataset = ShardedDataset(shard_dir, expect_name=cfg.data.name)
-    num_classes = cfg.model.num_classes or dataset.num_classes
-    torch.manual_seed(cfg.seed)  # same head / LoRA init on every rank
-    model = build_model(cfg.model, num_classes, class_names=dataset.class_names).to(rt.device)
-    flat = apply_peft(model, cfg.peft)
+    algorithm = get_algorithm(cfg.fl.algorithm)(cfg)
+    model, flat = algorithm.build(cfg, rt.device, dataset)
     test = dataset.load_test()
     loop_data = dataset
     if cfg.fl.mode == "centralized":
@@ -85,7 +82,8 @@ def build_loop(cfg: Config, rt, comm, callbacks=None):
         from hpcfed.fl.baselines import PooledDataset, centralized_config
 
         cfg, loop_data = replace(cfg, fl=centralized_config(cfg)), PooledDataset(dataset)
-    return FederatedLoop(cfg, model, flat, loop_data, test, comm, rt.device, callbacks), dataset
+    return FederatedLoop(cfg, model, flat, loop_data, test, comm, rt.device, callbacks,
+                         algorithm=algorithm), dataset
 
 
 def run(cfg: Config) -> dict:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import torch
 
 from hpcfed.fl.client import GradHook
+from hpcfed.fl.algorithm import register
 from hpcfed.fl.fedavg import FedAvg
 from hpcfed.peft import FlatParams
 
 
+@register
 class FedProx(FedAvg):
+    """FedAvg whose local objective adds (μ/2)‖θ − θ_global‖², μ = ``fl.prox_mu``."""
+
     name = "fedprox"
 
     def grad_hook(self, theta_global: torch.Tensor) -> GradHook:

@@ -22,14 +22,12 @@ from hpcfed.config import Config
 from hpcfed.data import ClientData, ShardedDataset
 from hpcfed.dist import Comm, place_clients
 from hpcfed.fl.aggregate import Aggregator
+from hpcfed.fl.algorithm import Algorithm, get_algorithm
 from hpcfed.fl.client import LocalTrainer, evaluate
-from hpcfed.fl.fedavg import FedAvg
-from hpcfed.fl.fedprox import FedProx
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
 from hpcfed.peft import FlatParams
 
-ALGORITHMS = {"fedavg": FedAvg, "fedprox": FedProx}
 log = logging.getLogger("hpcfed.fl")
 _FAULT_STREAM = 3
 
@@ -90,17 +88,19 @@ class FederatedLoop:
         comm: the communicator.
         device: compute device.
         callbacks: called at the end of each round with the round's metrics.
+        algorithm: the algorithm instance (default: a new one of ``cfg.fl.algorithm``); its ``setup(loop)``
+            runs at the end of construction.
     """
 
     def __init__(self, cfg: Config, model: nn.Module, flat: FlatParams, dataset: ShardedDataset,
                  test_data: Optional[ClientData], comm: Comm, device: torch.device,
                  callbacks: Optional[list[Callback]] = None, kernel_backend: Optional[str] = None,
-                 stop_flag=None):
+                 stop_flag=None, algorithm: Optional[Algorithm] = None):
         self.cfg, self.model, self.flat, self.dataset = cfg, model, flat, dataset
         self.stop_flag = stop_flag
         self.test_data, self.comm, self.device = test_data, comm, device
         self.callbacks = callbacks or []
-        self.algorithm = ALGORITHMS[cfg.fl.algorithm](cfg.fl)
+        self.algorithm = algorithm if algorithm is not None else get_algorithm(cfg.fl.algorithm)(cfg)
         self.trainer = LocalTrainer(model, flat, cfg.fl.local, device, kernel_backend)
         self.aggregator = Aggregator(flat.numel, device, kernel_backend)
         self.server = ServerOptimizer(cfg.fl.server_opt, flat.numel, device, kernel_backend)
@@ -109,6 +109,7 @@ class FederatedLoop:
         self.state = RoundState()
         self.failures: list[tuple[int, int, str]] = []
         """(round, client id, reason) of every client update dropped on this rank."""
+        self.algorithm.setup(self)
 
     # -- one round -----------------------------------------------------------------------------------
     def my_clients(self, round_idx: int) -> list[int]:
@@ -123,6 +124,7 @@ class FederatedLoop:
         agg = self.aggregator
         agg.reset()
         self.trainer.set_round(round_idx, self.cfg.fl.rounds)
+        self.algorithm.on_round_start(self, round_idx)
         for cid in self.my_clients(round_idx):
             data = self.clients.get(cid)
             try:
@@ -144,6 +146,7 @@ class FederatedLoop:
         stats = agg.reduce(self.comm)  # the round's ONE collective
         self.server.step(self.theta_global, agg.acc, agg.cnt)
         self.flat.data.copy_(self.theta_global)
+        extra = self.algorithm.after_round(self, round_idx)
         round_s = time.perf_counter() - t0
         n = self.flat.numel
         metrics = {
@@ -157,6 +160,7 @@ class FederatedLoop:
             "local_steps": int(stats["steps"]),
             "clients_failed": int(stats["clients_failed"]),
         }
+        metrics.update(extra)
         if stats["stop_requested"] > 0:
             metrics["stop_requested"] = True
         return metrics
@@ -188,7 +192,8 @@ class FederatedLoop:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue exactly: global buffer, server optimizer state, RNG."""
         return {"theta_global": self.theta_global, **self.server.state_dict(),
-                "rng.torch": torch.get_rng_state()}
+                "rng.torch": torch.get_rng_state(),
+                **{f"algo.{k}": v for k, v in self.algorithm.state_tensors().items()}}
 
     def load_state(self, tensors: dict[str, torch.Tensor], round_idx: int, history: list[dict]) -> None:
         """Restore what :meth:`state_tensors` saved, as of the end of round ``round_idx``.
@@ -204,15 +209,22 @@ class FederatedLoop:
         self.flat.data.copy_(theta)
         self.server.load_state_dict(tensors)
         torch.set_rng_state(tensors["rng.torch"])
+        self.algorithm.load_state({k[5:]: v for k, v in tensors.items() if k.startswith("algo.")})
         self.state = RoundState(round_idx, list(history))
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate_global(self) -> dict:
-        """Test loss/accuracy of the global model; the test set is split over ranks and summed."""
+        """The round's evaluation metrics: the algorithm's :meth:`~Algorithm.evaluate` (by default
+        :meth:`evaluate_test`)."""
+        return self.algorithm.evaluate(self)
+
+    def evaluate_test(self, model: Optional[nn.Module] = None) -> dict:
+        """Test loss/accuracy of the global model (or of ``model``, which must read the flat buffer); the test
+        set is split over ranks and summed."""
         if self.test_data is None:
             return {}
         self.flat.data.copy_(self.theta_global)
-        sums = evaluate(self.model, self.test_data, self.device, batch_size=self.cfg.eval.batch_size,
+        sums = evaluate(model if model is not None else self.model, self.test_data, self.device, batch_size=self.cfg.eval.batch_size,
                         bf16=self.cfg.fl.local.bf16, shard=(self.comm.rank, self.comm.world_size))
         sums = self.comm.all_reduce_sum(sums, tag="eval")
         loss, correct, count = sums.tolist()

@@ -234,7 +234,7 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     for c in cifar.cells:
         m = c.cfg.model
         assert (c.cfg.data.kind, m.family, m.hidden_size, m.num_layers, m.num_heads, m.patch_size) == \
-            ("image", "timm_vit", 192, 6, 3, 4)
+            ("image", "timm_vit", 64, 4, 4, 4)
         assert m.pretrained == (c.labels["init"] == "fractal") and c.cfg.data.alpha == 0.1
     assert {c.cfg.fl.mode for c in cifar.cells} == {"federated", "centralized"}
     for s in studies.values():

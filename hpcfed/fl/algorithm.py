@@ -1,0 +1,201 @@
+"""The algorithm interface of the round loop, its registry, and its hyperparameter parsing.
+
+An algorithm is one file under ``hpcfed/fl/`` with a class derived from :class:`Algorithm`, registered by
+name with :func:`register`, and (optionally) a dataclass of hyperparameters read from the config section
+``fl.algo`` (defaults from its paper). The loop never asks what an algorithm is; it calls these hooks, in
+this order:
+
+=====================================  ==========================================================================
+``build(cfg, rt, comm, dataset)``      make (model, flat buffer) — default: :func:`build_model` + PEFT
+``setup(loop)``                        once, at the end of :class:`FederatedLoop` construction
+``on_round_start(loop, r)``            before the round's local training (every rank)
+``local_update(trainer, θ, data,      train one client from θ_global; θ_c is left in ``trainer.flat.data``
+seed, cid)``
+``client_mask(cid)``                   (n,) bool — elements the client trains and sends (None: all)
+``client_weight(num_samples)``         its aggregation weight
+``after_round(loop, r)``               after the server step (every rank; may use ``loop.comm``); returns
+                                       extra metrics
+``evaluate(loop)``                     metrics of the global model (default: test loss / accuracy)
+``state_tensors()`` / ``load_state``   extra state for exact resumption (checkpointed with prefix ``algo.``)
+=====================================  ==========================================================================
+
+Everything an algorithm does between ranks goes through ``loop.comm``; the aggregation itself stays the
+loop's ONE all-reduce of the flat buffer per round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from hpcfed.config import Config, ConfigError
+from hpcfed.data import ClientData
+from hpcfed.fl.client import GradHook, LocalResult, LocalTrainer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpcfed.fl.loop import FederatedLoop
+    from hpcfed.peft import FlatParams
+
+ALGORITHMS: dict[str, type["Algorithm"]] = {}
+"""Registered algorithms by name (``fl.algorithm``)."""
+
+
+def register(cls: type["Algorithm"]) -> type["Algorithm"]:
+    """Class decorator: make ``cls`` selectable as ``fl.algorithm=<cls.name>``."""
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def get_algorithm(name: str) -> type["Algorithm"]:
+    """The registered class for ``name``.
+
+    Raises:
+        ConfigError: no algorithm of that name.
+    """
+    _import_builtin()
+    if name not in ALGORITHMS:
+        raise ConfigError(f"fl.algorithm={name!r} is not one of {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]
+
+
+def _import_builtin() -> None:
+    # Importing the modules registers them; kept lazy so that hpcfed.config can validate without a cycle.
+    import hpcfed.fl.fedavg  # noqa: F401
+    import hpcfed.fl.fedprox  # noqa: F401
+
+    for mod in ("feddat", "fedyolo", "fedpft"):
+        try:
+            __import__(f"hpcfed.fl.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"hpcfed.fl.{mod}":
+                raise
+
+
+def parse_params(params_cls: Optional[type], values: dict[str, Any], algorithm: str):
+    """Build the algorithm's hyperparameter dataclass from ``fl.algo``.
+
+    Args:
+        params_cls: a dataclass type, or None for an algorithm without hyperparameters.
+        values: the ``fl.algo`` mapping.
+        algorithm: its name, for messages.
+
+    Raises:
+        ConfigError: an unknown key (with the valid ones), a value of the wrong type, or one the dataclass's
+            ``__post_init__`` rejects.
+    """
+    values = dict(values or {})
+    if params_cls is None:
+        if values:
+            raise ConfigError(f"fl.algo: algorithm {algorithm!r} takes no parameters, got {sorted(values)}")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"fl.algo: unknown key '{unknown[0]}' for algorithm {algorithm!r}; valid keys: "
+                          f"{', '.join(fields)}")
+    hints = typing.get_type_hints(params_cls)
+    for k, v in values.items():
+        want = hints[k]
+        base = typing.get_origin(want) or want
+        if base is typing.Union:
+            continue
+        if base is float and isinstance(v, int) and not isinstance(v, bool):
+            values[k] = float(v)
+        elif base in (int, float, str, bool) and not isinstance(v, base):
+            raise ConfigError(f"fl.algo.{k}={v!r}: expected {base.__name__} for algorithm {algorithm!r}")
+        elif base in (int, float) and isinstance(v, bool):
+            raise ConfigError(f"fl.algo.{k}={v!r}: expected {base.__name__} for algorithm {algorithm!r}")
+    try:
+        return params_cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"fl.algo ({algorithm}): {e}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Check ``fl.algorithm`` and ``fl.algo`` (called by :func:`hpcfed.config.load_config`)."""
+    cls = get_algorithm(cfg.fl.algorithm)
+    parse_params(cls.Params, cfg.fl.algo, cls.name)
+    cls.check_config(cfg)
+
+
+class Algorithm:
+    """Base class: FedAvg semantics for every hook (McMahan et al., AISTATS 2017).
+
+    Args:
+        cfg: the whole run config (``cfg.fl.algo`` is parsed into ``self.params``).
+    """
+
+    name = "base"
+    Params: Optional[type] = None
+    """Dataclass of hyperparameters (``fl.algo.*``); None when there are none."""
+
+    def __init__(self, cfg: Config):
+        self.run_cfg = cfg
+        self.cfg = cfg.fl
+        self.params = parse_params(self.Params, cfg.fl.algo, self.name)
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Reject config combinations the algorithm cannot run (raise :class:`ConfigError`)."""
+
+    def build(self, cfg: Config, device: torch.device, dataset) -> tuple[torch.nn.Module, "FlatParams"]:
+        """The model and its flat buffer of federated parameters (the initial global model).
+
+        Default: ``build_model`` from ``cfg.model`` then ``apply_peft`` from ``cfg.peft``, seeded by
+        ``cfg.seed`` so every rank starts from the same weights.
+        """
+        from hpcfed.models import build_model
+        from hpcfed.peft import apply_peft
+
+        num_classes = cfg.model.num_classes or dataset.num_classes
+        torch.manual_seed(cfg.seed)  # same head / LoRA init on every rank
+        model = build_model(cfg.model, num_classes, class_names=dataset.class_names).to(device)
+        return model, apply_peft(model, cfg.peft)
+
+    def setup(self, loop: "FederatedLoop") -> None:
+        """Called once when the loop is built (extra state, datasets, masks)."""
+
+    # -- one round ------------------------------------------------------------------------------------
+    def on_round_start(self, loop: "FederatedLoop", round_idx: int) -> None:
+        """Called on every rank before the round's local training."""
+
+    def client_weight(self, num_samples: int) -> float:
+        """Aggregation weight w_c: the client's number of examples, or 1 with ``fl.weighting=uniform``."""
+        return float(num_samples) if self.cfg.weighting == "samples" else 1.0
+
+    def grad_hook(self, theta_global: torch.Tensor) -> Optional[GradHook]:
+        """Extra gradient term added after each local backward (None: none)."""
+        return None
+
+    def client_mask(self, client_id: int) -> Optional[torch.Tensor]:
+        """(n,) bool entries the client trains and sends; None = all."""
+        return None
+
+    def local_update(self, trainer: LocalTrainer, theta_global: torch.Tensor, data: ClientData,
+                     seed: int, client_id: int) -> LocalResult:
+        """Load θ_global into the model's flat buffer and train it on ``data``; θ_c is left in the buffer."""
+        trainer.flat.data.copy_(theta_global)
+        return trainer.train(data, seed, grad_hook=self.grad_hook(theta_global),
+                             mask=self.client_mask(client_id))
+
+    def after_round(self, loop: "FederatedLoop", round_idx: int) -> dict:
+        """Called on every rank after the server step; returns extra metrics for the round."""
+        return {}
+
+    # -- evaluation and state -------------------------------------------------------------------------
+    def evaluate(self, loop: "FederatedLoop") -> dict:
+        """Metrics of the global model; default: loss and accuracy on the global test split."""
+        return loop.evaluate_test()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Extra tensors a checkpoint must hold to resume exactly (names without the ``algo.`` prefix)."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned."""
