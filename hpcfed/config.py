@@ -266,6 +266,12 @@ class LocalConfig:
     length_buckets: int = 4
     """Text: split each batch, sorted by length, into this many micro-batches, each padded only to its own
     longest sequence, and sum their gradients (exact: padding is masked). 1 pads the whole batch."""
+    client_group_size: int = 1
+    """G: train up to G clients of a rank at once on the shared frozen backbone (torch.func vmap over their
+    stacked flat buffers: G-times larger matmuls; hpcfed/fl/parallel.py). Same per-client batches, optimizer
+    and result as one at a time (within fp tolerance; dropout masks are drawn per group). Needs
+    ``fl.local.steps``; falls back to one at a time, with one log line, where a method cannot be vectorized.
+    With ``bf16`` the group path keeps the frozen backbone in bf16 and the fp32 master flat buffer."""
 
     def __post_init__(self) -> None:
         _positive("fl.local.epochs", self.epochs)
@@ -280,6 +286,7 @@ class LocalConfig:
         _fraction("fl.local.beta2", self.beta2)
         _positive("fl.local.max_grad_norm", self.max_grad_norm)
         _positive("fl.local.length_buckets", self.length_buckets)
+        _positive("fl.local.client_group_size", self.client_group_size)
         _positive("fl.local.logit_adjust_tau", self.logit_adjust_tau, allow_zero=True)
         _choice("fl.local.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _fraction("fl.local.lr_min_ratio", self.lr_min_ratio, closed_high=True)

@@ -110,6 +110,17 @@ class FederatedLoop:
         self.failures: list[tuple[int, int, str]] = []
         """(round, client id, reason) of every client update dropped on this rank."""
         self.algorithm.setup(self)
+        self.group_trainer = None
+        g = cfg.fl.local.client_group_size
+        if g > 1:
+            from hpcfed.fl.parallel import GroupTrainer, unsupported_reason
+
+            why = unsupported_reason(cfg, self.model, self.algorithm)
+            if why is None:
+                self.group_trainer = GroupTrainer(self.model, self.flat, cfg.fl.local, device, kernel_backend)
+            elif comm.rank == 0:
+                log.warning("fl.local.client_group_size=%d: %s cannot be vectorized; training clients one at "
+                            "a time", g, why)
 
     # -- one round -----------------------------------------------------------------------------------
     def my_clients(self, round_idx: int) -> list[int]:
@@ -118,6 +129,21 @@ class FederatedLoop:
         work = [self.dataset.client_num_samples(c) for c in cohort]
         return place_clients(cohort, self.comm.world_size, work)[self.comm.rank]
 
+    def my_groups(self, round_idx: int) -> list[list[int]]:
+        """This rank's client groups of round ``round_idx`` for the client-parallel path: the cohort is cut
+        into groups first (:func:`~hpcfed.fl.parallel.make_groups`), then whole groups are placed, so a
+        client's group does not depend on the number of ranks."""
+        from hpcfed.fl.parallel import group_batch_size, make_groups
+
+        local = self.cfg.fl.local
+        cohort = cohort_for_round(self.cfg.seed, round_idx, self.dataset.num_clients, self.cfg.fl.cohort_size)
+        sizes = {c: self.dataset.client_num_samples(c) for c in cohort}
+        groups = make_groups(cohort, {c: group_batch_size(local, n) for c, n in sizes.items()},
+                             local.client_group_size)
+        work = [sum(sizes[c] for c in g) for g in groups]
+        mine = place_clients(list(range(len(groups))), self.comm.world_size, work)[self.comm.rank]
+        return [groups[i] for i in mine]
+
     def run_round(self, round_idx: int) -> dict:
         """Train, aggregate and apply one round; returns its metrics (identical on every rank)."""
         t0 = time.perf_counter()
@@ -125,22 +151,22 @@ class FederatedLoop:
         agg.reset()
         self.trainer.set_round(round_idx, self.cfg.fl.rounds)
         self.algorithm.on_round_start(self, round_idx)
-        for cid in self.my_clients(round_idx):
-            data = self.clients.get(cid)
-            try:
-                res = self.algorithm.local_update(self.trainer, self.theta_global, data,
-                                                  client_seed(self.cfg.seed, round_idx, cid), cid)
-                self._inject_fault(round_idx, cid)
-                self._check_update(res.loss_sum)
-            except Exception as e:  # noqa: BLE001 - any client failure drops that client, not the run
-                reason = str(e) if isinstance(e, ClientFailure) else f"{type(e).__name__}: {e}"
-                log.warning("round %d: dropped client %d: %s", round_idx, cid, reason.splitlines()[0])
-                self.failures.append((round_idx, cid, reason))
-                agg.add_stats(clients_failed=1)
-                continue
-            agg.add(self.flat.data, self.theta_global, self.algorithm.client_weight(len(data)),
-                    self.algorithm.client_mask(cid))
-            agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
+        if self.group_trainer is not None:
+            self._train_groups(round_idx)
+        else:
+            for cid in self.my_clients(round_idx):
+                data = self.clients.get(cid)
+                try:
+                    res = self.algorithm.local_update(self.trainer, self.theta_global, data,
+                                                      client_seed(self.cfg.seed, round_idx, cid), cid)
+                    self._inject_fault(round_idx, cid, self.flat.data)
+                    self._check_update(res.loss_sum, self.flat.data)
+                except Exception as e:  # noqa: BLE001 - any client failure drops that client, not the run
+                    self._drop(round_idx, cid, e)
+                    continue
+                agg.add(self.flat.data, self.theta_global, self.algorithm.client_weight(len(data)),
+                        self.algorithm.client_mask(cid))
+                agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
         if self.stop_flag is not None and self.stop_flag.requested:
             agg.add_stats(stop_requested=1)
         stats = agg.reduce(self.comm)  # the round's ONE collective
@@ -165,17 +191,49 @@ class FederatedLoop:
             metrics["stop_requested"] = True
         return metrics
 
-    def _inject_fault(self, round_idx: int, cid: int) -> None:
+    def _drop(self, round_idx: int, cid: int, e: Exception) -> None:
+        reason = str(e) if isinstance(e, ClientFailure) else f"{type(e).__name__}: {e}"
+        log.warning("round %d: dropped client %d: %s", round_idx, cid, reason.splitlines()[0])
+        self.failures.append((round_idx, cid, reason))
+        self.aggregator.add_stats(clients_failed=1)
+
+    def _train_groups(self, round_idx: int) -> None:
+        """The client-parallel path: each of this rank's groups trained at once, then checked and
+        accumulated client by client (a failing client is dropped alone; a failing group drops its clients)."""
+        gt, agg = self.group_trainer, self.aggregator
+        gt.set_lr(self.trainer.lr)
+        for group in self.my_groups(round_idx):
+            datas = [self.clients.get(c) for c in group]
+            masks = [self.algorithm.client_mask(c) for c in group]
+            try:
+                thetas, results = gt.train_group(datas, [client_seed(self.cfg.seed, round_idx, c) for c in group],
+                                                 self.theta_global, masks)
+            except Exception as e:  # noqa: BLE001 - the whole group failed
+                for cid in group:
+                    self._drop(round_idx, cid, e)
+                continue
+            for g, cid in enumerate(group):
+                theta, res = thetas[g], results[g]
+                try:
+                    self._inject_fault(round_idx, cid, theta)
+                    self._check_update(res.loss_sum, theta)
+                except Exception as e:  # noqa: BLE001
+                    self._drop(round_idx, cid, e)
+                    continue
+                agg.add(theta, self.theta_global, self.algorithm.client_weight(len(datas[g])), masks[g])
+                agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
+
+    def _inject_fault(self, round_idx: int, cid: int, theta: torch.Tensor) -> None:
         """Testing aid (``fl.inject_failure_rate``): poison the update with NaN, seeded per client."""
         rate = self.cfg.fl.inject_failure_rate
         if rate > 0 and np.random.default_rng([self.cfg.seed, _FAULT_STREAM, round_idx, cid]).random() < rate:
-            self.flat.data[0] = float("nan")
+            theta[0] = float("nan")
 
-    def _check_update(self, loss_sum: float) -> None:
+    def _check_update(self, loss_sum: float, theta: torch.Tensor) -> None:
         """Raise :class:`ClientFailure` for a NaN/Inf loss or update, or an update norm past the bound."""
         if not math.isfinite(loss_sum):
             raise ClientFailure(f"non-finite training loss ({loss_sum})")
-        norm = float(torch.linalg.vector_norm(self.flat.data - self.theta_global))
+        norm = float(torch.linalg.vector_norm(theta - self.theta_global))
         if not math.isfinite(norm):
             raise ClientFailure("non-finite update")
         bound = self.cfg.fl.max_update_norm

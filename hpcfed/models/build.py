@@ -48,16 +48,25 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.config.hidden_size, num_classes)
 
-    def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Pooled features (B, D) in the backbone's compute dtype."""
+    def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
+                 compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Pooled features (B, D) in the backbone's compute dtype.
+
+        ``compute_dtype`` is set by the client-parallel trainer (:mod:`hpcfed.fl.parallel`, under
+        ``torch.func.vmap``): ``x`` is used as given (no data-dependent trimming) and the padding mask is
+        passed as a 4-D additive mask of that dtype, which transformers uses as is.
+        """
         x = x.long()
         if lengths is None:
             attn = torch.ones_like(x)
         else:
-            lmax = int(lengths.max())
+            lmax = x.shape[1] if compute_dtype is not None else int(lengths.max())
             x = x[:, :lmax]  # (B, Lmax): drop columns that are padding in every row
             attn = (torch.arange(lmax, device=x.device)[None, :] < lengths.to(x.device)[:, None]).long()
-        h = self.backbone(input_ids=x, attention_mask=attn).last_hidden_state  # (B, P + L, D)
+        mask = attn
+        if compute_dtype is not None:  # (B, 1, 1, L): 0 where attended, dtype-min at padding
+            mask = (1 - attn[:, None, None, :]).to(compute_dtype) * torch.finfo(compute_dtype).min
+        h = self.backbone(input_ids=x, attention_mask=mask).last_hidden_state  # (B, P + L, D)
         # Soft prompts (peft prompt tuning) prepend P virtual tokens; their outputs are dropped so both
         # poolings see exactly the real tokens ('cls' stays position 0, 'mean' averages the same positions).
         h = h[:, h.shape[1] - x.shape[1]:]  # (B, L, D)
@@ -66,9 +75,10 @@ class TextClassifier(nn.Module):
         m = attn.unsqueeze(-1).to(h.dtype)  # (B, L, 1)
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
 
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (B, K) float."""
-        f = self.features(x, lengths)
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
+                compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Logits (B, K) (float, or ``compute_dtype``; see :meth:`features`)."""
+        f = self.features(x, lengths, compute_dtype=compute_dtype)
         return self.head(self.dropout(f))
 
 
@@ -91,16 +101,23 @@ class ImageClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+    def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
+                 compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Pooled features (B, D) of uint8 NHWC images; ``compute_dtype`` casts the normalised pixels (set by
+        the client-parallel trainer, whose frozen weights are in that dtype)."""
+        x = x.permute(0, 3, 1, 2).float().div(255.0)  # (B, C, H, W) in [0, 1]
         if self.img_size is not None and x.shape[-1] != self.img_size:
             x = nn.functional.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
                                           align_corners=False)
         x = (x - self.mean) / self.std
+        if compute_dtype is not None:
+            x = x.to(compute_dtype)
         return self.backbone(x)  # (B, D)
 
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
+                compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Logits (B, K)."""
+        return self.head(self.dropout(self.features(x, compute_dtype=compute_dtype)))
 
 
 def _hf_backbone(cfg: ModelConfig) -> nn.Module:
