@@ -266,6 +266,13 @@ class LocalConfig:
     length_buckets: int = 4
     """Text: split each batch, sorted by length, into this many micro-batches, each padded only to its own
     longest sequence, and sum their gradients (exact: padding is masked). 1 pads the whole batch."""
+    compile: bool = False
+    """torch.compile the model for local training (dynamic shapes; the first steps compile; needs a C++
+    compiler on CPU)."""
+    cache_frozen_features: bool = True
+    """peft.method=head: the frozen backbone's pooled features of each example are computed once (backbone in
+    eval mode, so no dropout inside it) and reused by every later step and round; only the head runs per step.
+    Exact with respect to training the head on an eval-mode backbone."""
     client_group_size: int = 1
     """G: train up to G clients of a rank at once on the shared frozen backbone (torch.func vmap over their
     stacked flat buffers: G-times larger matmuls; hpcfed/fl/parallel.py). Same per-client batches, optimizer

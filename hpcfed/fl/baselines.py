@@ -89,7 +89,7 @@ def run_local_only(cfg, model, flat, dataset, test: ClientData, comm, device) ->
     else:
         local = replace(fl.local, epochs=max(1, math.ceil(fl.rounds * fl.cohort_size * fl.local.epochs
                                                            / n_clients)))
-    trainer = LocalTrainer(model, flat, local, device)
+    trainer = LocalTrainer(model, flat, local, device, head_only=cfg.peft.method == "head")
     theta0 = flat.data.detach().clone()
     work = [dataset.client_num_samples(c) for c in range(n_clients)]
     mine = place_clients(list(range(n_clients)), comm.world_size, work)[comm.rank]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -98,12 +99,18 @@ class LocalTrainer:
         cfg: local training hyperparameters.
         device: compute device.
         kernel_backend: forwarded to the kernel dispatchers (None = auto).
+        head_only: only the classification head is trained (``peft.method=head``); with
+            ``cfg.cache_frozen_features`` the backbone's features are then computed once per client and reused
+            (:meth:`client_features`).
     """
 
     def __init__(self, model: nn.Module, flat: FlatParams, cfg: LocalConfig, device: torch.device,
-                 kernel_backend: Optional[str] = None):
+                 kernel_backend: Optional[str] = None, head_only: bool = False):
         self.model, self.flat, self.cfg, self.device = model, flat, cfg, device
         self.kernel_backend = kernel_backend
+        self.forward = torch.compile(model, dynamic=True) if cfg.compile else model
+        self.cache_features = head_only and cfg.cache_frozen_features
+        self._features: OrderedDict[int, tuple[ClientData, torch.Tensor]] = OrderedDict()
         n = flat.numel
         self.exp_avg = torch.zeros(n, device=device)
         self.exp_avg_sq = torch.zeros(n, device=device) if cfg.optimizer == "adamw" else None
@@ -140,6 +147,39 @@ class LocalTrainer:
         counts = torch.bincount(data.y, minlength=k).double() + 1.0
         return (self.cfg.logit_adjust_tau * torch.log(counts / counts.sum())).float().to(self.device)
 
+    @torch.no_grad()
+    def client_features(self, data: ClientData, batch_size: int = 256) -> torch.Tensor:
+        """The frozen backbone's pooled features of every example of ``data``: (N, D) fp32 on the device.
+
+        Computed once per client (backbone in eval mode, length-sorted batches; exact, padding is masked) and
+        kept for the 256 most recently used clients.
+        """
+        key = id(data)
+        hit = self._features.get(key)
+        if hit is not None and hit[0] is data:
+            self._features.move_to_end(key)
+            return hit[1]
+        was_training = self.model.training
+        self.model.eval()
+        out = torch.empty(0)
+        idx = torch.arange(len(data))
+        if data.lengths is not None:
+            idx = idx[torch.argsort(data.lengths, stable=True)]
+        parts = []
+        for b in idx.split(batch_size):
+            x, _, lengths = batch_to(data, b, self.device)
+            with autocast_ctx(self.device, self.cfg.bf16):
+                parts.append(self.model.features(x, lengths).float())
+        if parts:
+            feats = torch.cat(parts)
+            out = torch.empty_like(feats)
+            out[idx.to(self.device)] = feats
+        self.model.train(was_training)
+        self._features[key] = (data, out)
+        if len(self._features) > 256:
+            self._features.popitem(last=False)
+        return out
+
     def train(self, data: ClientData, seed: int, *, grad_hook: Optional[GradHook] = None,
               mask: Optional[torch.Tensor] = None) -> LocalResult:
         """Run local training from the current values of the flat buffer.
@@ -165,13 +205,18 @@ class LocalTrainer:
         batches = local_batches(len(data), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
         adjust = self._logit_adjustment(data) if c.logit_adjust_tau > 0 else None
         last = torch.zeros(())
+        feats = self.client_features(data) if self.cache_features else None
         for step, idx in enumerate(batches, start=1):
             self.flat.zero_grad()
             loss = torch.zeros((), device=self.device)
-            for part in length_buckets(data, idx, c.length_buckets):
-                x, y, lengths = batch_to(data, part, self.device)
-                with autocast_ctx(self.device, c.bf16):
-                    logits = self.model(x, lengths)
+            for part in (length_buckets(data, idx, c.length_buckets) if feats is None else [idx]):
+                if feats is not None:  # head only: the backbone's cached features
+                    y = data.y[part].to(self.device)
+                    logits = self.model.head(self.model.dropout(feats[part.to(self.device)]))
+                else:
+                    x, y, lengths = batch_to(data, part, self.device)
+                    with autocast_ctx(self.device, c.bf16):
+                        logits = self.forward(x, lengths)
                 # mean over the whole batch = sum over micro-batches of (size share × their mean)
                 logits = logits.float() if adjust is None else logits.float() + adjust
                 part_loss = F.cross_entropy(logits, y) * (len(part) / len(idx))

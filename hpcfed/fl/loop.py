@@ -101,7 +101,8 @@ class FederatedLoop:
         self.test_data, self.comm, self.device = test_data, comm, device
         self.callbacks = callbacks or []
         self.algorithm = algorithm if algorithm is not None else get_algorithm(cfg.fl.algorithm)(cfg)
-        self.trainer = LocalTrainer(model, flat, cfg.fl.local, device, kernel_backend)
+        self.trainer = LocalTrainer(model, flat, cfg.fl.local, device, kernel_backend,
+                                    head_only=cfg.peft.method == "head")
         self.aggregator = Aggregator(flat.numel, device, kernel_backend)
         self.server = ServerOptimizer(cfg.fl.server_opt, flat.numel, device, kernel_backend)
         self.theta_global = flat.data.detach().clone()
