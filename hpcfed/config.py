@@ -313,7 +313,7 @@ class FLConfig:
     algorithm: str = "fedavg"
     """A registered algorithm (hpcfed/fl/algorithm.py): 'fedavg' (McMahan et al., AISTATS 2017), 'fedprox'
     (Li et al., MLSys 2020), 'feddat' (Chen et al., AAAI 2024), 'fedyolo' (Zhang et al., 2023), 'fedpft'
-    (Peng et al., IJCAI 2024)."""
+    (Peng et al., IJCAI 2024), 'fedsimsiam' (federated self-supervised pre-training, hpcfed/fl/fedssl.py)."""
     algo: dict[str, Any] = field(default_factory=dict)
     """The algorithm's own hyperparameters (its ``Params`` dataclass; defaults from its paper), e.g.
     ``fl.algo.kd_temperature=3``. Checked against the algorithm when the config is loaded."""

@@ -66,7 +66,7 @@ def _import_builtin() -> None:
     import hpcfed.fl.fedavg  # noqa: F401
     import hpcfed.fl.fedprox  # noqa: F401
 
-    for mod in ("feddat", "fedyolo", "fedpft"):
+    for mod in ("feddat", "fedyolo", "fedpft", "fedssl"):
         try:
             __import__(f"hpcfed.fl.{mod}")
         except ModuleNotFoundError as e:
