@@ -1,0 +1,531 @@
+"""FedDAT: Federated Dual-Adapter Teacher with Mutual Knowledge Distillation.
+
+Chen, Zhang, Krompass, Gu, Tresp, "FedDAT: An Approach for Foundation Model Finetuning in Multi-Modal
+Heterogeneous Federated Learning", AAAI 2024 (arXiv:2308.12305), Sec. "Method" (Dual-Adapter Teacher,
+Mutual Knowledge Distillation) and its reference code (github.com/HaokunChen245/FedDAT,
+``src/train/visionlanguage_tasks/task_trainer.py``).
+
+Every adapter site of the backbone (two per transformer block: after attention and after the MLP, the
+placement of :mod:`hpcfed.peft.adapter`) holds three bottleneck adapters of the same size:
+
+* ``A_S`` — the shared adapter: trained, the only adapter sent to the server and averaged;
+* ``A_C`` — the client-specific adapter: trained, kept by its client across rounds (:mod:`state_store`);
+* ``Â_S`` — a frozen copy of this round's global ``A_S``.
+
+and a mode (:class:`Mode`): ``student`` h + A_S(h); ``dat`` (the Dual-Adapter Teacher)
+h + ½·A_C(h) + ½·Â_S(h); ``client`` h + A_C(h); ``global`` h + Â_S(h).
+
+Local training, per batch (mutual knowledge distillation, MKD):
+
+1. teacher logits z_T of the DAT, without gradient;
+2. update A_S (and the shared head) on ½·(CE(z_S, y) + λ·KL_T(z_T → z_S)) with z_S the student's logits;
+3. update A_C inside the DAT on ½·(CE(z_D, y) + λ·KL_T(z_S → z_D)) with z_D the DAT's logits and z_S the
+   (detached) student logits of step 2.
+
+KL_T(target → z) = T²·KL(softmax(target/T) ‖ softmax(z/T)), batch mean: the distribution being trained is z
+(the reference code's ``kl_loss(output, target)``). In the issue's notation step 2 is "KL_T(student ‖ DAT)"
+and step 3 "KL_T(DAT ‖ student)": the first argument is the side that learns. The server averages A_S (+ the
+head) with the loop's ordinary aggregation; A_C never leaves its client.
+
+Choices where the paper is silent (documented in docs/results/feddat.md):
+
+* the classification head is shared (in the flat buffer with A_S, averaged); it is trained in step 2 only and
+  frozen in step 3, so A_C adapts the features to the shared head;
+* a client seen for the first time starts with A_C = the initial adapter (down-projection from ``seed``,
+  up-projection zero: the identity), the same for every client and rank;
+* the moments of the local optimizers restart every round (the reference code builds a new optimizer per
+  local training);
+* personalised metrics are measured on each client's own held-out split (``fl.local_only_holdout`` of its
+  examples, never trained on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpcfed import kernels
+from hpcfed.config import Config, ConfigError
+from hpcfed.data import ClientData
+from hpcfed.fl.algorithm import Algorithm, register
+from hpcfed.fl.baselines import split_holdout
+from hpcfed.fl.client import (
+    LocalResult,
+    LocalTrainer,
+    autocast_ctx,
+    batch_to,
+    evaluate,
+    length_buckets,
+    local_batches,
+)
+from hpcfed.fl.state_store import ClientStateStore
+from hpcfed.peft import FlatParams, is_head
+from hpcfed.peft.adapter import ADAPTER_PREFIX, Adapter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpcfed.fl.loop import FederatedLoop
+
+STATE_KEY = "A_C"
+
+
+@dataclass(frozen=True)
+class FedDATParams:
+    """FedDAT hyperparameters (``fl.algo.*``); defaults from Chen et al., AAAI 2024 and its code.
+
+    The adapters' size and placement come from ``peft.adapter_reduction_factor`` / ``peft.adapter_variant``;
+    the local optimizer, batch size, steps and learning rate of A_S from ``fl.local``.
+    """
+
+    kd_temperature: float = 3.0
+    """T of the distillation terms KL_T (reference code: ``temp=3``); the KL is scaled by T²."""
+    kd_weight: float = 1.0
+    """λ: weight of the KL term against the task loss; each update minimises ½·(CE + λ·KL) (paper: equal)."""
+    client_lr: float | None = None
+    """Learning rate of A_C; null uses ``fl.local.lr`` (the reference code has one optimizer for both)."""
+    variant: str = "dat"
+    """'dat' (FedDAT), or 'single': the FedAvg baseline in the same setting — one adapter (A_S) trained on
+    the task loss alone, the same held-out splits and the same evaluation."""
+    eval_clients: int = 20
+    """Personalised evaluation covers at most this many clients (the lowest ids among those trained so
+    far), on their held-out splits; 0 turns it off."""
+    eval_test_clients: int = 0
+    """Also evaluate the DAT and A_C-only models of this many of those clients on the global test split
+    (costs one pass over the test split per client and mode)."""
+    state_cache: int = 64
+    """Client states kept decoded in memory per rank (LRU)."""
+
+    def __post_init__(self) -> None:
+        if not self.kd_temperature > 0:
+            raise ConfigError(f"fl.algo.kd_temperature={self.kd_temperature}: must be > 0")
+        if self.kd_weight < 0:
+            raise ConfigError(f"fl.algo.kd_weight={self.kd_weight}: must be >= 0")
+        if self.client_lr is not None and not self.client_lr > 0:
+            raise ConfigError(f"fl.algo.client_lr={self.client_lr}: must be > 0")
+        if self.variant not in ("dat", "single"):
+            raise ConfigError(f"fl.algo.variant={self.variant!r} is not valid; choose one of: dat, single")
+        for k in ("eval_clients", "eval_test_clients", "state_cache"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"fl.algo.{k}={getattr(self, k)}: must be >= 0")
+
+
+# -- the losses -----------------------------------------------------------------------------------------------
+def kd_kl(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²·KL(softmax(target/T) ‖ softmax(logits/T)), mean over the batch; gradient flows into ``logits`` only.
+
+    Args:
+        logits: (B, K) float — the side being trained.
+        target_logits: (B, K) float — the reference (detached here).
+        temperature: T > 0.
+
+    Returns:
+        scalar float32.
+    """
+    t = temperature
+    logp = F.log_softmax(logits.float() / t, dim=-1)
+    q = F.softmax(target_logits.detach().float() / t, dim=-1)
+    return F.kl_div(logp, q, reduction="batchmean") * (t * t)
+
+
+def mkd_loss(logits: torch.Tensor, y: torch.Tensor, reference_logits: torch.Tensor | None, temperature: float,
+             kd_weight: float) -> torch.Tensor:
+    """One MKD objective: ½·(CE(logits, y) + λ·KL_T(reference → logits)); plain CE without a reference.
+
+    Args:
+        logits: (B, K); y: int64 (B,); reference_logits: (B, K) or None.
+    """
+    ce = F.cross_entropy(logits.float(), y)
+    if reference_logits is None:
+        return ce
+    return 0.5 * (ce + kd_weight * kd_kl(logits, reference_logits, temperature))
+
+
+# -- the adapters ---------------------------------------------------------------------------------------------
+class Mode(str, enum.Enum):
+    STUDENT = "student"
+    """h + A_S(h): the shared adapter (the global model when A_S holds θ_global)."""
+    DAT = "dat"
+    """h + ½·A_C(h) + ½·Â_S(h): the Dual-Adapter Teacher."""
+    CLIENT = "client"
+    """h + A_C(h): the client adapter alone."""
+    GLOBAL = "global"
+    """h + Â_S(h): the frozen global copy alone."""
+
+
+class DualAdapter(nn.Module):
+    """The three adapters of one site and the mode switch: (..., D) -> (..., D), the term added to ``h``.
+
+    Args:
+        dim: D; bottleneck: the adapters' inner width.
+
+    Attributes:
+        shared, client, global_copy: :class:`~hpcfed.peft.adapter.Adapter` modules A_S, A_C, Â_S (up
+            projection zero: each starts as the identity).
+        mode: a :class:`Mode`.
+    """
+
+    def __init__(self, dim: int, bottleneck: int):
+        super().__init__()
+        self.shared = Adapter(dim, bottleneck)
+        self.client = Adapter(dim, bottleneck)
+        self.global_copy = Adapter(dim, bottleneck)
+        self.mode = Mode.STUDENT
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.mode == Mode.STUDENT:
+            return self.shared(h)
+        if self.mode == Mode.DAT:
+            return 0.5 * self.client(h) + 0.5 * self.global_copy(h)
+        if self.mode == Mode.CLIENT:
+            return self.client(h)
+        return self.global_copy(h)
+
+    # the same hooks as a single adapter (they call ``self(h)``)
+    add_to_output = Adapter.add_to_output
+    add_input_to_output = Adapter.add_input_to_output
+    add_to_residual = Adapter.add_to_residual
+
+
+def add_dual_adapters(model: nn.Module, reduction_factor: int, variant: str) -> list[DualAdapter]:
+    """Insert a :class:`DualAdapter` at both adapter sites of every block of ``model.backbone`` (the
+    placement of :func:`hpcfed.peft.adapter.add_adapters`: ``sequential`` or ``parallel``).
+
+    Raises:
+        ConfigError: unsupported backbone, or an empty bottleneck.
+    """
+    from hpcfed.peft.arch import find_encoder
+
+    enc = find_encoder(model, "adapter")
+    bottleneck = enc.dim // reduction_factor
+    if bottleneck < 1:
+        raise ConfigError(f"peft.adapter_reduction_factor={reduction_factor} is larger than the hidden size "
+                          f"{enc.dim}")
+    ref = next(enc.root.parameters())
+    sites = []
+    for blk in enc.blocks:
+        for kind, sub in (("attn", blk.attn_out), ("mlp", blk.mlp_out)):
+            a = DualAdapter(enc.dim, bottleneck).to(device=ref.device, dtype=ref.dtype)
+            blk.module.add_module(f"{ADAPTER_PREFIX}{kind}", a)
+            if enc.family == "hf_text":
+                if variant == "sequential":
+                    sub.dense.register_forward_hook(a.add_to_output, with_kwargs=True)
+                else:
+                    sub.register_forward_pre_hook(a.add_to_residual, with_kwargs=True)
+            elif variant == "sequential":
+                sub.register_forward_hook(a.add_to_output, with_kwargs=True)
+            else:
+                sub.register_forward_hook(a.add_input_to_output, with_kwargs=True)
+            sites.append(a)
+    return sites
+
+
+# -- local optimisation of one flat buffer -------------------------------------------------------------------
+class _FlatOptimizer:
+    """The local optimizer of ``fl.local`` (AdamW or SGD, fused kernels) over one flat buffer."""
+
+    def __init__(self, flat: FlatParams, cfg, device: torch.device, lr_scale: torch.Tensor | None = None,
+                 backend: str | None = None):
+        self.flat, self.cfg, self.lr_scale, self.backend = flat, cfg, lr_scale, backend
+        self.exp_avg = torch.zeros(flat.numel, device=device)
+        self.exp_avg_sq = torch.zeros(flat.numel, device=device) if cfg.optimizer == "adamw" else None
+
+    def reset(self) -> None:
+        self.exp_avg.zero_()
+        if self.exp_avg_sq is not None:
+            self.exp_avg_sq.zero_()
+
+    def step(self, step: int, lr: float) -> None:
+        c = self.cfg
+        if c.max_grad_norm is not None:
+            norm = torch.linalg.vector_norm(self.flat.grad)
+            self.flat.grad.mul_(torch.clamp(c.max_grad_norm / (norm + 1e-6), max=1.0))
+        if c.optimizer == "adamw":
+            kernels.masked_adamw_step(self.flat.data, self.flat.grad, self.exp_avg, self.exp_avg_sq, lr=lr,
+                                      beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay,
+                                      step=step, lr_scale=self.lr_scale, backend=self.backend)
+        else:
+            kernels.masked_sgd_step(self.flat.data, self.flat.grad, self.exp_avg if c.momentum > 0 else None,
+                                    lr=lr, momentum=c.momentum, weight_decay=c.weight_decay, step=step,
+                                    lr_scale=self.lr_scale, backend=self.backend)
+
+
+@register
+class FedDAT(Algorithm):
+    """FedDAT (Chen et al., AAAI 2024): shared adapter A_S federated, client adapter A_C kept per client in a
+    :class:`~hpcfed.fl.state_store.ClientStateStore`, both trained by mutual distillation with the DAT.
+
+    The flat buffer (what is sent and averaged) is A_S of every site + the head; A_C and Â_S live in two
+    further flat buffers of the same model (``client_flat``, ``global_flat``) that never enter aggregation.
+
+    Args:
+        cfg: the run config (``fl.algo`` -> :class:`FedDATParams`).
+    """
+
+    name = "feddat"
+    Params = FedDATParams
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.sites: list[DualAdapter] = []
+        self.client_flat: FlatParams | None = None
+        self.global_flat: FlatParams | None = None
+        self.store = ClientStateStore(cfg.run_dir / "client_state", cache_size=self.params.state_cache)
+        self._round = 0
+        self._started = False
+
+    @property
+    def dat(self) -> bool:
+        return self.params.variant == "dat"
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        if cfg.peft.method != "adapter":
+            raise ConfigError(f"peft.method={cfg.peft.method!r}: fl.algorithm=feddat uses bottleneck adapters; "
+                              "set peft.method=adapter (size and placement from peft.adapter_*)")
+        if cfg.fl.mode != "federated":
+            raise ConfigError(f"fl.mode={cfg.fl.mode!r}: fl.algorithm=feddat needs fl.mode=federated")
+
+    # -- construction ----------------------------------------------------------------------------------
+    def build(self, cfg: Config, device: torch.device, dataset) -> tuple[nn.Module, FlatParams]:
+        """The classifier with a :class:`DualAdapter` per site; returns (model, flat of A_S + head).
+
+        ``self.client_flat`` holds A_C and ``self.global_flat`` Â_S (same layout order as A_S in the flat
+        buffer). Seeded by ``cfg.seed``: every rank builds the same initial adapters.
+        """
+        from hpcfed.models import build_model
+
+        num_classes = cfg.model.num_classes or dataset.num_classes
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, num_classes, class_names=dataset.class_names).to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.sites = add_dual_adapters(model, cfg.peft.adapter_reduction_factor, cfg.peft.adapter_variant)
+        names = [n for n, _ in model.named_parameters()]
+        shared = [n for n in names if ".shared." in n]
+        # FlatParams freezes every other parameter, so the buffer built last is the trainable one.
+        self.global_flat = FlatParams(model, [n.replace(".shared.", ".global_copy.") for n in shared])
+        self.client_flat = FlatParams(model, [n.replace(".shared.", ".client.") for n in shared])
+        flat = FlatParams(model, shared + [n for n in names if is_head(n)])
+        for p in self.global_flat.params + self.client_flat.params:
+            p.requires_grad_(False)
+        by_name = {s.name: s for s in flat.layout}
+        self._shared_idx = torch.cat([
+            torch.arange(by_name[s.name.replace(".global_copy.", ".shared.")].offset,
+                         by_name[s.name.replace(".global_copy.", ".shared.")].end)
+            for s in self.global_flat.layout]).to(device)
+        self.client_init = self.client_flat.data.detach().clone()  # A_C of a client never trained (identity)
+        if not self.dat:
+            self.client_flat.data.zero_()
+        return model, flat
+
+    def setup(self, loop: FederatedLoop) -> None:
+        if self.client_flat is None:
+            raise ConfigError("fl.algorithm=feddat: the model was not built by FedDAT.build")
+        c = loop.cfg.fl.local
+        self._opt_s = _FlatOptimizer(loop.flat, c, loop.device, loop.trainer.lr_scale, loop.trainer.kernel_backend)
+        self._opt_c = _FlatOptimizer(self.client_flat, c, loop.device, None, loop.trainer.kernel_backend)
+
+    @contextlib.contextmanager
+    def mode(self, mode: Mode):
+        """Switch every site to ``mode`` for the duration of the block."""
+        old = [s.mode for s in self.sites]
+        for s in self.sites:
+            s.mode = mode
+        try:
+            yield
+        finally:
+            for s, m in zip(self.sites, old):
+                s.mode = m
+
+    def load_global_copy(self, theta_global: torch.Tensor) -> None:
+        """Â_S ← the A_S part of ``theta_global`` (n,)."""
+        self.global_flat.data.copy_(theta_global[self._shared_idx])
+
+    def client_state(self, cid: int, before_round: int) -> torch.Tensor:
+        """A_C of client ``cid`` as of the end of its newest round < ``before_round`` (initial if none).
+
+        Raises:
+            ValueError: the stored state does not fit this model.
+        """
+        st = self.store.get(cid, before_round)
+        if st is None:
+            return self.client_init
+        t = st[STATE_KEY]
+        if t.numel() != self.client_flat.numel:
+            raise ValueError(f"client {cid}: stored A_C has {t.numel()} elements, the model {self.client_flat.numel}")
+        return t
+
+    # -- one round -------------------------------------------------------------------------------------
+    def on_round_start(self, loop: FederatedLoop, round_idx: int) -> None:
+        self._round = round_idx
+        if not self._started:
+            # First round of this process (fresh or resumed at round_idx - 1): versions of rounds ≥ round_idx
+            # belong to a crashed or an earlier run and must not be read; delete them before anyone writes.
+            self._started = True
+            if self.dat:
+                if loop.comm.rank == 0:
+                    self.store.purge_from(round_idx)
+                loop.comm.barrier()
+                self.store._cache.clear()
+
+    def local_update(self, trainer: LocalTrainer, theta_global: torch.Tensor, data: ClientData, seed: int,
+                     client_id: int) -> LocalResult:
+        """Train client ``client_id`` for one round (MKD, two updates per batch; module docstring).
+
+        The client trains on its examples minus its held-out split; A_S + head are left in ``trainer.flat``,
+        A_C is written to the store as version ``(client_id, round)``.
+        """
+        p, c, dev = self.params, trainer.cfg, trainer.device
+        model, flat = trainer.model, trainer.flat
+        train, _ = split_holdout(data, self.cfg.local_only_holdout, self.run_cfg.seed, client_id)
+        flat.data.copy_(theta_global)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout
+        batches = local_batches(len(train), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
+        lr_s = trainer.lr
+        lr_c = lr_s * (p.client_lr / c.lr) if p.client_lr is not None else lr_s
+        self._opt_s.reset()
+        if self.dat:
+            self.load_global_copy(theta_global)
+            self.client_flat.data.copy_(self.client_state(client_id, self._round))
+            self._opt_c.reset()
+        model.train()
+        loss_sum = torch.zeros((), device=dev)
+        last = torch.zeros((), device=dev)
+        seen = 0
+        for step, idx in enumerate(batches, start=1):
+            parts = [(batch_to(train, part, dev), len(part) / len(idx))
+                     for part in length_buckets(train, idx, c.length_buckets)]
+            teacher: list[torch.Tensor | None] = [None] * len(parts)
+            if self.dat:  # 1. DAT logits, no gradient
+                with torch.no_grad(), self.mode(Mode.DAT), autocast_ctx(dev, c.bf16):
+                    teacher = [model(x, lengths).float() for (x, _, lengths), _ in parts]
+            # 2. A_S (+ head) on CE + KL_T(DAT -> student)
+            flat.zero_grad()
+            student = []
+            ce_batch = torch.zeros((), device=dev)
+            with self.mode(Mode.STUDENT):
+                for ((x, y, lengths), share), t in zip(parts, teacher):
+                    with autocast_ctx(dev, c.bf16):
+                        logits = model(x, lengths).float()
+                    (mkd_loss(logits, y, t, p.kd_temperature, p.kd_weight) * share).backward()
+                    student.append(logits.detach())
+                    ce_batch += F.cross_entropy(logits.detach(), y) * share
+            self._opt_s.step(step, lr_s)
+            if self.dat:  # 3. A_C inside the DAT on CE + KL_T(student -> DAT); A_S, Â_S and the head frozen
+                self.client_flat.zero_grad()
+                for q in flat.params:
+                    q.requires_grad_(False)
+                for q in self.client_flat.params:
+                    q.requires_grad_(True)
+                try:
+                    with self.mode(Mode.DAT):
+                        for ((x, y, lengths), share), s in zip(parts, student):
+                            with autocast_ctx(dev, c.bf16):
+                                logits = model(x, lengths).float()
+                            (mkd_loss(logits, y, s, p.kd_temperature, p.kd_weight) * share).backward()
+                finally:
+                    for q in self.client_flat.params:
+                        q.requires_grad_(False)
+                    for q in flat.params:
+                        q.requires_grad_(True)
+                self._opt_c.step(step, lr_c)
+            last = ce_batch.detach()
+            loss_sum += last * len(idx)
+            seen += len(idx)
+        loss = float(loss_sum)
+        if self.dat and math.isfinite(loss):
+            self.store.put(client_id, self._round, {STATE_KEY: self.client_flat.data})
+        return LocalResult(loss, seen, len(batches), float(last))
+
+    def after_round(self, loop: FederatedLoop, round_idx: int) -> dict:
+        """Rank 0 prunes client-state versions no kept checkpoint can need (module docstring of
+        :mod:`hpcfed.fl.state_store`); nothing with ``checkpoint.every_rounds=0``."""
+        ck = self.run_cfg.checkpoint
+        if self.dat and loop.comm.rank == 0 and ck.every_rounds > 0:
+            self.store.prune(round_idx - ck.every_rounds * (ck.keep_last + 1))
+        return {}
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def eval_clients(self, loop: FederatedLoop) -> list[int]:
+        """The clients of the personalised evaluation: the lowest ids among those in a cohort of rounds
+        1.. current (the same list on every rank), at most ``eval_clients``."""
+        from hpcfed.fl.sampling import cohort_for_round
+
+        seen: set[int] = set()
+        for r in range(1, self._round + 1):
+            seen.update(cohort_for_round(loop.cfg.seed, r, loop.dataset.num_clients, loop.cfg.fl.cohort_size))
+        return sorted(seen)[: self.params.eval_clients]
+
+    def evaluate(self, loop: FederatedLoop) -> dict[str, Any]:
+        """Global and personalised metrics (identical on every rank).
+
+        * ``test_acc`` / ``test_loss``: the global model (A_S-only = θ_global) on the global test split;
+        * ``{dat,ac,as}_local_acc`` / ``_loss``: DAT, A_C-only and A_S-only (the global model) on each
+          evaluated client's held-out split, mean over clients (``*_local_acc_pooled``: over examples);
+          ``'single'`` reports ``as_*`` only;
+        * with ``eval_test_clients`` > 0: ``dat_test_acc`` / ``ac_test_acc``, mean over those clients of
+          their personalised model on the global test split.
+        """
+        out = dict(loop.evaluate_test())
+        cids = self.eval_clients(loop)
+        if not cids:
+            return out
+        modes = [Mode.DAT, Mode.CLIENT, Mode.STUDENT] if self.dat else [Mode.STUDENT]
+        k_test = min(self.params.eval_test_clients, len(cids)) if self.dat else 0
+        bs, bf16 = loop.cfg.eval.batch_size, loop.cfg.fl.local.bf16
+        comm, dev = loop.comm, loop.device
+        loop.flat.data.copy_(loop.theta_global)
+        self.load_global_copy(loop.theta_global)
+        local = torch.zeros(len(cids), len(modes), 3, dtype=torch.float64, device=dev)  # [loss, correct, n]
+        test = torch.zeros(max(k_test, 1), 2, 3, dtype=torch.float64, device=dev)
+        saved_client = self.client_flat.data.clone()
+        try:
+            for i, cid in enumerate(cids):
+                mine = i % comm.world_size == comm.rank
+                if self.dat and (mine or i < k_test):
+                    self.client_flat.data.copy_(self.client_state(cid, self._round + 1))
+                if mine:
+                    _, hold = split_holdout(loop.clients.get(cid), self.cfg.local_only_holdout, self.run_cfg.seed,
+                                            cid)
+                    if len(hold):
+                        for j, m in enumerate(modes):
+                            with self.mode(m):
+                                local[i, j] = evaluate(loop.model, hold, dev, batch_size=bs, bf16=bf16)
+                if i < k_test and loop.test_data is not None:  # the test split is sharded over ranks
+                    for j, m in enumerate((Mode.DAT, Mode.CLIENT)):
+                        with self.mode(m):
+                            test[i, j] = evaluate(loop.model, loop.test_data, dev, batch_size=bs, bf16=bf16,
+                                                  shard=(comm.rank, comm.world_size))
+        finally:
+            self.client_flat.data.copy_(saved_client)
+        comm.all_reduce_sum(local, tag="eval")
+        if k_test:
+            comm.all_reduce_sum(test, tag="eval")
+        names = {Mode.DAT: "dat", Mode.CLIENT: "ac", Mode.STUDENT: "as"}
+        has = local[:, 0, 2] > 0
+        for j, m in enumerate(modes):
+            s = local[has, j]
+            if not len(s):
+                continue
+            out[f"{names[m]}_local_acc"] = float((s[:, 1] / s[:, 2]).mean())
+            out[f"{names[m]}_local_loss"] = float((s[:, 0] / s[:, 2]).mean())
+            out[f"{names[m]}_local_acc_pooled"] = float(s[:, 1].sum() / s[:, 2].sum())
+        out["eval_clients"] = int(has.sum())
+        for j, m in enumerate((Mode.DAT, Mode.CLIENT)[: 2 if k_test else 0]):
+            s = test[:k_test, j]
+            out[f"{names[m]}_test_acc"] = float((s[:, 1] / s[:, 2].clamp_min(1)).mean())
+        return out
+
+    # -- checkpoint state ------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Nothing: A_C lives in the versioned store on disk. Resuming from round R reads, for each client,
+        its newest version < R + 1 (and purges versions ≥ R + 1 at the first resumed round), which is
+        exactly its state at the end of round R; Â_S is θ_global's A_S and the optimizers restart each round."""
+        return {}

@@ -1,0 +1,165 @@
+"""Versioned per-client state on the shared filesystem, readable and writable by every rank.
+
+Personalised algorithms (FedDAT's client adapter A_C, a local head) keep tensors per client across rounds. A
+client may be trained by a different rank in each round (placement balances work, see
+:func:`hpcfed.dist.place_clients`), so the state cannot live in one rank's memory: it lives under
+``<run_dir>/client_state/`` (on a cluster the run folder is on shared storage)::
+
+    client_state/<cid>/r<round:06d>.safetensors     one version per (client, round it was trained in)
+
+* :meth:`ClientStateStore.put` writes a version atomically (temp file in the same folder, fsync,
+  ``os.replace``): a reader sees the old set of versions or the new one, never a partial file.
+* :meth:`ClientStateStore.get` ``(cid, before_round=r)`` returns the newest version written in a round < r.
+  After resuming from a checkpoint of round R the loop asks with ``before_round = R + 1, R + 2, ...`` and
+  the client's state is exactly what it was at the end of round R's newest participation, whatever a crashed
+  run wrote later (and :meth:`purge_from` deletes those later versions before the resumed run writes anew).
+* :meth:`ClientStateStore.prune` ``(keep_from_round=K)`` deletes the versions shadowed by a newer version
+  ≤ K. Every ``get(cid, before_round=r)`` with ``r > K`` still returns what it returned before, so every
+  checkpoint of a round ≥ K can be resumed exactly.
+
+Within a run a (client, round) version is written once (the loop is deterministic), so a small per-rank LRU
+cache of decoded versions is safe; :meth:`purge_from` empties it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+_VERSION = re.compile(r"^r(\d{6,})\.safetensors$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ClientStateStore:
+    """Per-client tensors, versioned by round, in one folder shared by all ranks.
+
+    Args:
+        root: the store's folder (created on first write), normally ``<run_dir>/client_state``.
+        cache_size: decoded versions kept in memory on this rank (LRU); 0 disables the cache.
+
+    Tensors are stored on CPU, contiguous, with their dtype; :meth:`get` returns CPU tensors (treat them as
+    read-only: they may be the cached objects).
+    """
+
+    def __init__(self, root: Path | str, cache_size: int = 64):
+        self.root = Path(root)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[int, int], dict[str, torch.Tensor]] = OrderedDict()
+
+    # -- paths -----------------------------------------------------------------------------------------
+    def path(self, cid: int, round_idx: int) -> Path:
+        """File of client ``cid``'s version written in round ``round_idx``."""
+        return self.root / str(int(cid)) / f"r{int(round_idx):06d}.safetensors"
+
+    def versions(self, cid: int) -> list[int]:
+        """Rounds of the stored versions of client ``cid``, ascending (temp files excluded)."""
+        d = self.root / str(int(cid))
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := _VERSION.match(n)))
+
+    def clients(self) -> list[int]:
+        """Client ids with at least one stored version, ascending."""
+        if not self.root.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit() and self.versions(int(p.name)))
+
+    # -- read / write ----------------------------------------------------------------------------------
+    def put(self, cid: int, round_idx: int, tensors: dict[str, torch.Tensor]) -> Path:
+        """Write client ``cid``'s state after round ``round_idx`` (≥ 1) atomically; replaces that version.
+
+        Raises:
+            ValueError: ``round_idx`` < 1 or no tensors.
+        """
+        if round_idx < 1:
+            raise ValueError(f"round_idx={round_idx} must be >= 1 (round 0 is the initial state)")
+        if not tensors:
+            raise ValueError("nothing to store")
+        path = self.path(cid, round_idx)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            save_file(cpu, str(tmp), metadata={"cid": str(cid), "round": str(round_idx)})
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        self._remember((int(cid), int(round_idx)), cpu)
+        return path
+
+    def get(self, cid: int, before_round: int) -> dict[str, torch.Tensor] | None:
+        """The newest version of client ``cid`` written in a round < ``before_round``; None if there is none."""
+        older = [v for v in self.versions(cid) if v < before_round]
+        if not older:
+            return None
+        key = (int(cid), older[-1])
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        tensors = load_file(str(self.path(cid, older[-1])))
+        self._remember(key, tensors)
+        return tensors
+
+    def latest_round(self, cid: int, before_round: int) -> int | None:
+        """Round of the version :meth:`get` would return (None: none)."""
+        older = [v for v in self.versions(cid) if v < before_round]
+        return older[-1] if older else None
+
+    def _remember(self, key: tuple[int, int], tensors: dict[str, torch.Tensor]) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[key] = tensors
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # -- housekeeping ----------------------------------------------------------------------------------
+    def prune(self, keep_from_round: int) -> int:
+        """Delete every version shadowed by a newer version ≤ ``keep_from_round``; returns how many.
+
+        Kept per client: its newest version ≤ ``keep_from_round`` and every version after it, so
+        ``get(cid, before_round=r)`` is unchanged for every ``r > keep_from_round``.
+        """
+        removed = 0
+        for cid in self.clients():
+            old = [v for v in self.versions(cid) if v <= keep_from_round]
+            for v in old[:-1]:
+                self.path(cid, v).unlink(missing_ok=True)
+                self._cache.pop((cid, v), None)
+                removed += 1
+        return removed
+
+    def purge_from(self, round_idx: int) -> int:
+        """Delete every version written in a round ≥ ``round_idx`` (a crashed or earlier run's future) and
+        empty the cache; returns how many files were deleted."""
+        removed = 0
+        for cid in self.clients():
+            for v in self.versions(cid):
+                if v >= round_idx:
+                    self.path(cid, v).unlink(missing_ok=True)
+                    removed += 1
+        self._cache.clear()
+        return removed
