@@ -1,0 +1,369 @@
+"""Sub-model construction and alignment helpers of FedPFT (used by :mod:`hpcfed.fl.fedpft`).
+
+Peng, Fan, Chen, Wang, Pan, Wen, Zhang, Wang, "FedPFT: Federated Proxy Fine-Tuning of Foundation Models",
+IJCAI 2024 (arXiv:2404.11536), Sec. 4 (sub-FM construction: layer-wise FFN compression by neuron saliency;
+sub-FM alignment: layer-level distillation before FL, neuron-level distillation during FL).
+
+Everything here works on a Hugging Face BERT-like encoder (``encoder.layer[i].intermediate.dense`` /
+``.output.dense`` / ``.output.LayerNorm``), bare or wrapped by ``peft``; nothing here knows about FL or ranks.
+
+Notation for one transformer layer's FFN with hidden size D and F neurons:
+``W1`` = ``intermediate.dense.weight`` (F, D), ``b1`` (F,), ``W2`` = ``output.dense.weight`` (D, F), ``b2`` (D,);
+neuron j is row ``W1[j]``, entry ``b1[j]`` and column ``W2[:, j]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from hpcfed.data import ClientData
+from hpcfed.fl.client import batch_to, local_batches
+
+
+# ------------------------------------------------------------------------------------------ navigation
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The ``encoder.layer`` ModuleList of a BERT-like backbone (bare, or inside a ``peft`` wrapper).
+
+    Raises:
+        ValueError: no module named ``...encoder`` with a ``layer`` list whose items have an ``intermediate``.
+    """
+    for name, m in backbone.named_modules():
+        if (name == "encoder" or name.endswith(".encoder")) and isinstance(getattr(m, "layer", None), nn.ModuleList):
+            if len(m.layer) and hasattr(m.layer[0], "intermediate"):
+                return m.layer
+    raise ValueError("FedPFT needs a BERT-like encoder (encoder.layer[i].intermediate / .output)")
+
+
+def default_compressed_layers(num_layers: int, spec: str = "inner") -> list[int]:
+    """Indices of the layers whose FFN is compressed.
+
+    Args:
+        num_layers: the encoder depth N.
+        spec: 'inner' (every layer but the first and the last, the paper's default), 'all', or comma-separated
+            indices such as '1,2,3'.
+
+    Raises:
+        ValueError: an index outside [0, N), or a spec that is none of these.
+    """
+    if spec == "inner":
+        return list(range(1, num_layers - 1))
+    if spec == "all":
+        return list(range(num_layers))
+    try:
+        idx = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+        raise ValueError(f"{spec!r}: expected 'inner', 'all' or comma-separated layer indices") from None
+    bad = [i for i in idx if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"{spec!r}: layer index {bad[0]} outside [0, {num_layers})")
+    return idx
+
+
+# ------------------------------------------------------------------------------------------ construction
+def neuron_saliency(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """Saliency of each FFN neuron: the L2 norm of its incoming row and outgoing column together.
+
+    s_j = ‖[W1[j, :], W2[:, j]]‖₂ (the authors' code: ``cat([W1, W2ᵀ], dim=1).norm(dim=1)``).
+
+    Args:
+        w1: (F, D) ``intermediate.dense.weight``.
+        w2: (D, F) ``output.dense.weight``.
+
+    Returns:
+        (F,) float32 saliencies.
+    """
+    if w1.shape[0] != w2.shape[1] or w1.shape[1] != w2.shape[0]:
+        raise ValueError(f"W1 {tuple(w1.shape)} and W2 {tuple(w2.shape)} are not (F, D) and (D, F)")
+    return torch.cat([w1.float(), w2.float().t()], dim=1).norm(dim=1)  # (F,)
+
+
+def top_k_neurons(saliency: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (int64 (k,), ascending) of the ``k`` most salient neurons; ties go to the lower index.
+
+    Raises:
+        ValueError: k outside [1, F].
+    """
+    f = saliency.numel()
+    if not 1 <= k <= f:
+        raise ValueError(f"k={k} outside [1, {f}]")
+    order = torch.sort(saliency, descending=True, stable=True).indices  # stable: equal saliency -> lower index first
+    return torch.sort(order[:k]).values
+
+
+def num_kept(num_neurons: int, keep_ratio: float) -> int:
+    """k = round(keep_ratio · F), at least 1 and at most F."""
+    return min(num_neurons, max(1, int(round(keep_ratio * num_neurons))))
+
+
+def _sub_linear(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
+    """A new nn.Linear keeping output rows (dim=0) or input columns (dim=1) ``idx`` of ``lin``."""
+    w = lin.weight.detach().index_select(dim, idx).clone()
+    if dim == 0:
+        new = nn.Linear(lin.in_features, len(idx), bias=lin.bias is not None)
+        b = None if lin.bias is None else lin.bias.detach()[idx].clone()
+    else:
+        new = nn.Linear(len(idx), lin.out_features, bias=lin.bias is not None)
+        b = None if lin.bias is None else lin.bias.detach().clone()
+    new = new.to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+def compress_ffn_(layer: nn.Module, keep: torch.Tensor) -> None:
+    """In place: keep only neurons ``keep`` (int64 (k,)) of ``layer``'s FFN (W1 rows, b1, W2 columns; b2 and the
+    LayerNorm unchanged)."""
+    layer.intermediate.dense = _sub_linear(layer.intermediate.dense, keep, 0)
+    layer.output.dense = _sub_linear(layer.output.dense, keep, 1)
+
+
+def build_submodel(full: nn.Module, keep_ratio: float, layers: Sequence[int]) -> tuple[nn.Module, dict[int, torch.Tensor]]:
+    """A deep copy of ``full`` (a classifier whose ``.backbone`` is a BERT-like encoder) with the FFN of each
+    layer in ``layers`` cut to its top-k neurons by :func:`neuron_saliency` (FedPFT Sec. 4.1). Attention,
+    LayerNorms, embeddings, the other layers and the head are copied unchanged.
+
+    Returns:
+        (sub-model, {layer index: kept neuron indices of the full layer, int64 (k,) ascending}).
+    """
+    sub = copy.deepcopy(full)
+    kept = {}
+    full_layers, sub_layers = encoder_layers(full.backbone), encoder_layers(sub.backbone)
+    for i in layers:
+        fl = full_layers[i]
+        w1, w2 = fl.intermediate.dense.weight.detach(), fl.output.dense.weight.detach()
+        keep = top_k_neurons(neuron_saliency(w1, w2), num_kept(w1.shape[0], keep_ratio))
+        compress_ffn_(sub_layers[i], keep)
+        kept[i] = keep
+    return sub, kept
+
+
+# ------------------------------------------------------------------------------------------ losses
+def layer_distill_loss(h_teacher: torch.Tensor, h_student: torch.Tensor,
+                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Normalised hidden-state MSE of one layer: mean((h_t − h_s)²) / mean(h_t²) over real tokens.
+
+    The authors' code divides the difference by sqrt(mean(h_t²)) before squaring, which is the same number.
+
+    Args:
+        h_teacher, h_student: (B, L, D) outputs of the same layer of the full and the sub-model.
+        mask: (B, L) 1 on real tokens (None: all). Padding positions do not count (our choice; the authors'
+            corpus is packed into full 512-token blocks and has no padding).
+
+    Returns:
+        scalar float32 (0 when the student equals the teacher).
+    """
+    t, s = h_teacher.float(), h_student.float()
+    if mask is None:
+        return (t - s).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12)
+    m = mask.to(t.dtype).unsqueeze(-1)  # (B, L, 1)
+    return ((t - s).pow(2) * m).sum() / (t.pow(2) * m).sum().clamp_min(1e-12)
+
+
+def weight_distill_loss(w1_t: torch.Tensor, w2_t: torch.Tensor, w1_s: torch.Tensor, w2_s: torch.Tensor,
+                        teacher_product: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Normalised distance of the FFN's linear part: mean((W2ᵗW1ᵗ − W2ˢW1ˢ)²) / mean((W2ᵗW1ᵗ)²).
+
+    The second term of the authors' layer-level loss (``distill_alpha``); W2W1 is (D, D) whatever F is.
+
+    Args:
+        w1_t (F, D), w2_t (D, F): the full layer; w1_s (k, D), w2_s (D, k): the sub-model's layer.
+        teacher_product: W2ᵗW1ᵗ (D, D) if already computed (it is constant during distillation).
+    """
+    a = teacher_product if teacher_product is not None else w2_t.float() @ w1_t.float()  # (D, D)
+    b = w2_s.float() @ w1_s.float()  # (D, D)
+    return (a - b).pow(2).mean() / a.pow(2).mean().clamp_min(1e-12)
+
+
+def apoz(zero_counts: torch.Tensor, tokens: torch.Tensor | float) -> torch.Tensor:
+    """Average Percentage of Zeros per neuron: zero activations / tokens seen (Hu et al., 2016, "Network
+    Trimming"). ``zero_counts`` (..., F); returns float64 (..., F) in [0, 1] (0 where nothing was seen)."""
+    t = torch.as_tensor(tokens, dtype=torch.float64)
+    return zero_counts.double() / t.clamp_min(1.0)
+
+
+def freeze_mask(apoz_values: torch.Tensor, freeze_ratio: float, which: str = "active") -> torch.Tensor:
+    """Neurons kept fixed during neuron-level alignment: ``floor(freeze_ratio · F)`` of them.
+
+    Args:
+        apoz_values: (F,) APoZ of one layer's neurons.
+        freeze_ratio: share of neurons frozen, in [0, 1].
+        which: 'active' freezes the most active neurons (lowest APoZ: the ones the clients' data use, as in the
+            authors' code, ``sort(APoZ)[:int(F·ratio)]``); 'inactive' freezes the least active (highest APoZ).
+            Ties go to the lower index.
+
+    Returns:
+        (F,) bool, True = frozen (excluded from re-distillation).
+    """
+    f = apoz_values.numel()
+    n = int(math.floor(freeze_ratio * f + 1e-9))
+    key = apoz_values.double() if which == "active" else -apoz_values.double()
+    order = torch.sort(key, stable=True).indices
+    out = torch.zeros(f, dtype=torch.bool, device=apoz_values.device)
+    out[order[:n]] = True
+    return out
+
+
+# ------------------------------------------------------------------------------------------ distillation
+def distilled_params(backbone: nn.Module, layers: Sequence[int], with_layernorm: bool = True) -> dict[str, nn.Parameter]:
+    """The student tensors distillation trains, by a stable name: FFN weights/biases (and the FFN LayerNorm)
+    of each compressed layer (the authors train every non-attention parameter of a compressed layer)."""
+    enc = encoder_layers(backbone)
+    out = {}
+    for i in layers:
+        lay = enc[i]
+        mods = {"w1": lay.intermediate.dense, "w2": lay.output.dense}
+        if with_layernorm:
+            mods["ln"] = lay.output.LayerNorm
+        for tag, mod in mods.items():
+            out[f"{i}.{tag}.weight"] = mod.weight
+            if mod.bias is not None:
+                out[f"{i}.{tag}.bias"] = mod.bias
+    return out
+
+
+def pack_params(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(n,) fp32 concatenation of ``params`` in dict order (to move them through one collective)."""
+    return torch.cat([p.detach().reshape(-1).float() for p in params.values()])
+
+
+def unpack_params_(params: dict[str, torch.Tensor], flat: torch.Tensor) -> None:
+    """Copy ``flat`` (from :func:`pack_params` of same-shaped params) into ``params`` in place."""
+    off = 0
+    with torch.no_grad():
+        for p in params.values():
+            p.copy_(flat[off:off + p.numel()].view(p.shape).to(p.dtype))
+            off += p.numel()
+    if off != flat.numel():
+        raise ValueError(f"buffer has {flat.numel()} elements, the parameters {off}")
+
+
+@dataclass
+class DistillReport:
+    """Mean distillation loss over the first and the last 10% of the steps, and the number of steps."""
+
+    loss_first: float
+    loss_last: float
+    steps: int
+
+
+def _hidden_states(backbone: nn.Module, x: torch.Tensor, lengths: torch.Tensor):
+    lmax = int(lengths.max())
+    x = x[:, :lmax].long()  # (B, Lmax)
+    attn = (torch.arange(lmax, device=x.device)[None, :] < lengths[:, None]).long()  # (B, Lmax)
+    out = backbone(input_ids=x, attention_mask=attn, output_hidden_states=True)
+    return out.hidden_states, attn  # tuple of N+1 (B, Lmax, D)
+
+
+def distill(teacher: nn.Module, student: nn.Module, layers: Sequence[int], data: ClientData, *, steps: int,
+            batch_size: int, lr: float, seed: int, device: torch.device, weight_alpha: float = 0.0,
+            frozen: Optional[dict[int, torch.Tensor]] = None) -> DistillReport:
+    """Distil the compressed layers of ``student`` from ``teacher`` on unlabelled ``data`` (in place).
+
+    Loss (FedPFT Sec. 4.2): mean over compressed layers i of :func:`layer_distill_loss` of layer i's outputs
+    (+ ``weight_alpha`` · :func:`weight_distill_loss` of its FFN). AdamW (no weight decay), learning rate
+    decaying linearly from ``lr`` to 0 over ``steps``, both models in eval mode (no dropout), fp32.
+
+    Layer level (``frozen`` None, Sec. 4.2.1): FFN weights, biases and the FFN LayerNorm of each compressed
+    layer are trained. Neuron level (``frozen`` given, Sec. 4.2.2): only the non-frozen neurons of each
+    compressed layer (W1 rows, b1 entries, W2 columns) and b2 are trained; frozen neurons are restored
+    after every step, so they stay bitwise unchanged; the LayerNorm is fixed (as in the authors' code).
+
+    Args:
+        teacher, student: backbones (BERT-like, bare or ``peft``-wrapped; the same attention/LoRA structure).
+        layers: compressed layer indices.
+        data: token ids (x, lengths); labels are not used.
+        frozen: {layer: (k,) bool} neurons to keep fixed, or None.
+
+    Returns:
+        :class:`DistillReport`. Every other parameter's ``requires_grad`` is restored on return.
+    """
+    params = distilled_params(student, layers, with_layernorm=frozen is None)
+    flags = {id(p): p.requires_grad for p in student.parameters()}
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    saved = {}
+    if frozen is not None:
+        for i, fz in frozen.items():
+            enc = encoder_layers(student)[i]
+            saved[i] = (fz.to(device), enc.intermediate.dense.weight.detach().clone(),
+                        enc.intermediate.dense.bias.detach().clone(), enc.output.dense.weight.detach().clone())
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(steps, 1)))
+    was_training = (teacher.training, student.training)
+    teacher.eval()
+    student.eval()
+    gen = torch.Generator().manual_seed(seed)
+    batches = local_batches(len(data), batch_size, epochs=1, steps=steps, generator=gen) if steps > 0 else []
+    losses = []
+    t_enc, s_enc = encoder_layers(teacher), encoder_layers(student)
+    with torch.no_grad():
+        prod_t = {i: t_enc[i].output.dense.weight.float() @ t_enc[i].intermediate.dense.weight.float()
+                  for i in layers} if weight_alpha > 0 else {}  # (D, D) each, constant
+    try:
+        for idx in batches:
+            x, _, lengths = batch_to(data, idx, device)
+            with torch.no_grad():
+                h_t, attn = _hidden_states(teacher, x, lengths)
+            h_s, _ = _hidden_states(student, x, lengths)
+            loss = torch.zeros((), device=device)
+            for i in layers:
+                li = layer_distill_loss(h_t[i + 1], h_s[i + 1], attn)
+                if weight_alpha > 0:
+                    li = li + weight_alpha * weight_distill_loss(
+                        t_enc[i].intermediate.dense.weight, t_enc[i].output.dense.weight,
+                        s_enc[i].intermediate.dense.weight, s_enc[i].output.dense.weight, prod_t[i])
+                loss = loss + li
+            loss = loss / max(len(layers), 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if saved:
+                with torch.no_grad():
+                    for i, (fz, w1, b1, w2) in saved.items():
+                        enc = s_enc[i]
+                        enc.intermediate.dense.weight[fz] = w1[fz]
+                        enc.intermediate.dense.bias[fz] = b1[fz]
+                        enc.output.dense.weight[:, fz] = w2[:, fz]
+            losses.append(float(loss.detach()))
+    finally:
+        for p in params.values():
+            p.grad = None  # only these received gradients (everything else had requires_grad off)
+        for p in student.parameters():
+            p.requires_grad_(flags[id(p)])
+        teacher.train(was_training[0])
+        student.train(was_training[1])
+    if not losses:
+        return DistillReport(float("nan"), float("nan"), 0)
+    m = max(1, len(losses) // 10)
+    return DistillReport(sum(losses[:m]) / m, sum(losses[-m:]) / m, len(losses))
+
+
+@torch.no_grad()
+def distill_eval(teacher: nn.Module, student: nn.Module, layers: Sequence[int], data: ClientData, *,
+                 batch_size: int, device: torch.device, max_batches: int = 4) -> float:
+    """Mean :func:`layer_distill_loss` over the compressed layers on the first ``max_batches`` batches of
+    ``data`` (a fixed probe of how far the sub-model is from the full model)."""
+    was = (teacher.training, student.training)
+    teacher.eval()
+    student.eval()
+    tot, n = 0.0, 0
+    for b in torch.arange(len(data)).split(batch_size)[:max_batches]:
+        x, _, lengths = batch_to(data, b, device)
+        h_t, attn = _hidden_states(teacher, x, lengths)
+        h_s, _ = _hidden_states(student, x, lengths)
+        tot += float(sum(layer_distill_loss(h_t[i + 1], h_s[i + 1], attn) for i in layers)) / max(len(layers), 1)
+        n += 1
+    teacher.train(was[0])
+    student.train(was[1])
+    return tot / max(n, 1)
