@@ -96,3 +96,14 @@ def test_main_entry_point_two_ranks(mpirun, toy_text):
     assert "fl:" in (out / "config.yaml").read_text()
     with safe_open(str(out / "final" / "peft.safetensors"), "pt") as f:
         assert "layout" in f.metadata() and "head.weight" in f.keys()
+
+
+def test_client_parallel_groups_rank_count_invariant(mpirun, toy_text, tmp_path):
+    """With client-parallel training (G = 3, dropout on), groups are cut from the cohort before placement,
+    so 1 and 2 ranks give the same global model."""
+    words = [*toy_text, "fl.local.client_group_size=3", "fl.cohort_size=6"]
+    one = _launch(mpirun, 1, tmp_path / "g1.pt", words)
+    two = _launch(mpirun, 2, tmp_path / "g2.pt", words)
+    assert not torch.equal(one["theta"], one["theta0"])
+    diff = (one["theta"] - two["theta"]).abs().max().item()
+    assert diff <= 1e-6, f"1-rank and 2-rank client-parallel runs differ by {diff}"
