@@ -1,0 +1,502 @@
+"""FedYolo: one pre-trained backbone loaded once, one module + head per task, modules-only communication.
+
+Zhang, Li, Chang, Chen, Roy-Chowdhury, Suresh, Oymak, "FedYolo: Augmenting Federated Learning with Pretrained
+Transformers", arXiv:2307.04905, 2023 ("You Only Load Once"). Clients hold the frozen pre-trained transformer
+(PTF); every task t has its own module M_t (LoRA, prompt or bottleneck adapter) and head h_t; a client may
+hold several unrelated tasks. Only modules (and heads) travel, and task t's module is averaged only over the
+clients of the round that hold t:
+
+    θ_t ← θ_t + η · Σ_{c ∈ S, t ∈ T_c} w_c (θ_{t,c} − θ_t) / Σ_{c ∈ S, t ∈ T_c} w_c        (FedAvg per task)
+
+In hpcfed this is masked aggregation over the flat buffer laid out as
+``[M_0 + h_0 | M_1 + h_1 | ...]``: ``client_mask(c)`` is the union of the segments of the tasks c trains,
+the loop accumulates ``acc += w·m⊙(θ_c − θ)``, ``cnt += w·m`` and the server divides per element where
+cnt > 0, so a task that nobody in the cohort holds keeps its values bit for bit, and ``bytes_up`` counts only
+the masked elements.
+
+The *shared full update* baseline of the paper (every task updates the same whole model, prone to
+catastrophic forgetting) is the same algorithm with ``peft.method=full``: the backbone is one shared segment
+that every task trains, and only the heads stay per task. ``fl.algo.schedule=sequential`` trains the tasks
+one after the other (``phase_rounds`` each), which is where forgetting shows: task 0's accuracy after the
+later phases against the one at the end of its own phase.
+
+Per-task modules come from ``peft.method``: ``lora`` and text ``prompt`` through the peft library's
+multi-adapter support (adapter ``default`` for task 0, ``task<t>`` for the others, switched with
+``set_adapter``); ``adapter`` (hpcfed bottleneck adapters) as one adapter set per task with a task gate;
+``head`` as per-task heads only; ``full`` and ``bias`` share their backbone parameters over tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpcfed.config import Config, ConfigError
+from hpcfed.fl.algorithm import Algorithm, parse_params, register
+from hpcfed.fl.client import LocalResult, LocalTrainer, evaluate
+from hpcfed.fl.multitask import TASK_KINDS, MultiTaskDataset, assign_tasks, open_tasks
+from hpcfed.fl.sampling import cohort_for_round
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpcfed.fl.loop import FederatedLoop
+    from hpcfed.peft import FlatParams
+
+log = logging.getLogger("hpcfed.fl")
+
+_TASK_SEED_STREAM = 13
+PER_TASK_METHODS = ("lora", "prompt", "adapter", "head")
+SHARED_METHODS = ("full", "bias")
+
+
+@dataclass
+class FedYoloParams:
+    """Hyperparameters of FedYolo (``fl.algo.*``).
+
+    The paper fixes the mechanism (one module and head per task, modules-only communication, per-task
+    averaging) but not these knobs for our setting; the defaults are ours and say so.
+    """
+
+    tasks: str = "label,wordorder"
+    """Comma-separated task kinds, in flat-buffer order: 'label' (the data set's own labels, ``data.*``),
+    'wordorder' (word-order detection derived from the same text; see :mod:`hpcfed.fl.multitask`)."""
+    task_share: float = 1.0
+    """Fraction of the clients that hold each task, in (0, 1]; the assignment is a seeded cyclic window per
+    task (:func:`~hpcfed.fl.multitask.assign_tasks`), so with T·share > 1 some clients hold several tasks.
+    1.0: every client holds every task (the paper's multi-task clients)."""
+    assign_seed: int = 0
+    """Seed of the client → tasks assignment (independent of the training and partition seeds)."""
+    schedule: str = "joint"
+    """'joint': every round trains every task its clients hold. 'sequential': task t only in rounds
+    t·P+1 .. (t+1)·P (P = ``phase_rounds``; the last task also in any remaining rounds) — the continual
+    setting where full updates forget."""
+    phase_rounds: int = 0
+    """Rounds per task with ``schedule=sequential``; 0 = ⌈fl.rounds / T⌉."""
+
+    def __post_init__(self) -> None:
+        kinds = [k.strip() for k in self.tasks.split(",") if k.strip()]
+        if not kinds:
+            raise ConfigError("fl.algo.tasks: empty; give e.g. 'label,wordorder'")
+        bad = [k for k in kinds if k not in TASK_KINDS]
+        if bad:
+            raise ConfigError(f"fl.algo.tasks: {bad[0]!r} is not one of {', '.join(TASK_KINDS)}")
+        if len(set(kinds)) != len(kinds):
+            raise ConfigError(f"fl.algo.tasks={self.tasks!r}: a task kind appears twice")
+        if not 0.0 < self.task_share <= 1.0:
+            raise ConfigError(f"fl.algo.task_share={self.task_share}: must be in (0, 1]")
+        if self.schedule not in ("joint", "sequential"):
+            raise ConfigError(f"fl.algo.schedule={self.schedule!r}: must be 'joint' or 'sequential'")
+        if self.phase_rounds < 0:
+            raise ConfigError(f"fl.algo.phase_rounds={self.phase_rounds}: must be >= 0")
+
+    @property
+    def task_kinds(self) -> list[str]:
+        return [k.strip() for k in self.tasks.split(",") if k.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ the model
+class TaskHeads(nn.ModuleList):
+    """One ``nn.Linear`` head per task; calling it applies the active task's head: (B, D) -> (B, K_t).
+
+    Registered as the classifier's ``head``, so parameters are named ``head.<t>.weight`` / ``head.<t>.bias``
+    (``is_head`` holds for all of them, so ``fl.local.head_lr`` applies).
+    """
+
+    def __init__(self, heads: list[nn.Linear]):
+        super().__init__(heads)
+        self.active = 0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self[self.active](h)
+
+    @property
+    def out_features(self) -> int:
+        return self[self.active].out_features
+
+
+class _AdapterGate:
+    """Replaces an :class:`~hpcfed.peft.adapter.Adapter`'s forward: its output when its task is active, else
+    a scalar 0 (so the hook adds nothing and computes nothing)."""
+
+    def __init__(self, adapter: nn.Module, task: int, switch: "TaskSwitch"):
+        self.fwd, self.task, self.switch = type(adapter).forward.__get__(adapter), task, switch
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fwd(h) if self.switch.task == self.task else h.new_zeros(())
+
+
+@dataclass
+class TaskSwitch:
+    """Selects the task a multi-task model computes: its head, and its module (peft adapter name or gate)."""
+
+    model: nn.Module
+    adapter_names: Optional[list[str]] = None
+    task: int = 0
+
+    def set(self, t: int) -> None:
+        self.task = t
+        self.model.head.active = t
+        if self.adapter_names is not None:
+            self.model.backbone.set_adapter(self.adapter_names[t])
+
+
+def adapter_name(t: int) -> str:
+    """peft adapter name of task ``t`` ('default' for task 0, as ``get_peft_model`` names it)."""
+    return "default" if t == 0 else f"task{t}"
+
+
+def _segment_task(name: str, method: str, num_tasks: int) -> Optional[int]:
+    """Task owning the trainable parameter ``name``; None for a shared one (backbone under full/bias)."""
+    if name.startswith("head."):
+        return int(name.split(".")[1])
+    if method in ("lora", "prompt"):
+        for t in range(num_tasks):
+            if f".{adapter_name(t)}." in name:
+                return t
+        raise ValueError(f"{name}: belongs to no task adapter")
+    if method == "adapter":
+        part = next(p for p in name.split(".") if p.startswith("adapter_"))
+        return int(part.rsplit("_task", 1)[1])
+    return None
+
+
+def build_multitask(cfg: Config, num_classes: list[int], class_names=None,
+                    device: Optional[torch.device] = None):
+    """The classifier with one module and one head per task on one backbone, and its flat buffer.
+
+    Layout (offset order): ``[shared | M_0, h_0 | M_1, h_1 | ...]`` where ``shared`` is the backbone under
+    ``full``/``bias`` (empty otherwise). Seeded by ``cfg.seed`` (same initial model on every rank).
+
+    Args:
+        cfg: run config (``model.*``, ``peft.*``).
+        num_classes: K_t per task.
+        class_names: task 0's class names (open_clip zero-shot head init).
+
+    Returns:
+        (model, flat, switch, seg_task): ``seg_task[i]`` is the task of ``flat.layout[i]`` (None = shared).
+
+    Raises:
+        ConfigError: a PEFT method this algorithm cannot split per task.
+    """
+    from hpcfed.models import build_model
+    from hpcfed.peft import FlatParams
+    from hpcfed.peft.adapter import add_adapters
+    from hpcfed.peft.arch import find_encoder
+    from hpcfed.peft.methods import METHODS
+
+    method, num_tasks = cfg.peft.method, len(num_classes)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes[0], class_names=class_names).to(device or "cpu")
+    dim = model.head.in_features
+    ref = model.head.weight
+    heads = [model.head] + [nn.Linear(dim, k).to(ref.device, ref.dtype) for k in num_classes[1:]]
+    model.head = TaskHeads(heads)
+    switch = TaskSwitch(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if method in ("lora", "prompt"):
+        METHODS[method](model, cfg.peft)
+        if not hasattr(model.backbone, "peft_config"):
+            raise ConfigError(f"peft.method={method!r}: FedYolo needs the peft-library variant (text prompts or "
+                              "LoRA); visual prompts have no per-task switch")
+        base_cfg = model.backbone.peft_config["default"]
+        for t in range(1, num_tasks):
+            model.backbone.add_adapter(adapter_name(t), dataclasses.replace(base_cfg))
+        switch.adapter_names = [adapter_name(t) for t in range(num_tasks)]
+    elif method == "adapter":
+        for t in range(num_tasks):
+            adapters = add_adapters(model, cfg.peft)
+            blocks = [b.module for b in find_encoder(model, "adapter").blocks]
+            it = iter(adapters)
+            for blk in blocks:
+                for kind in ("attn", "mlp"):
+                    a = next(it)
+                    delattr(blk, f"adapter_{kind}")
+                    blk.add_module(f"adapter_{kind}_task{t}", a)
+                    a.forward = _AdapterGate(a, t, switch)
+    elif method in SHARED_METHODS or method == "head":
+        names = METHODS[method](model, cfg.peft)
+    else:  # pragma: no cover - PeftConfig validates the method
+        raise ConfigError(f"peft.method={method!r}: not supported by fl.algorithm=fedyolo")
+    if method in ("lora", "prompt", "adapter"):
+        names = [n for n, _ in model.named_parameters()
+                 if n.startswith("head.") or "lora_" in n or "prompt" in n or "adapter_" in n]
+    tasks_of = {n: _segment_task(n, method, num_tasks) for n in names}
+    order = [n for n in names if tasks_of[n] is None]
+    for t in range(num_tasks):
+        order += [n for n in names if tasks_of[n] == t and not n.startswith("head.")]
+        order += [n for n in names if n.startswith(f"head.{t}.")]
+    flat = FlatParams(model, order)
+    switch.set(0)
+    return model, flat, switch, [tasks_of[s.name] for s in flat.layout]
+
+
+def task_masks(flat: "FlatParams", seg_task: list[Optional[int]], num_tasks: int) -> list[torch.Tensor]:
+    """(n,) bool mask of each task: its own segments plus the shared ones."""
+    out = []
+    for t in range(num_tasks):
+        m = torch.zeros(flat.numel, dtype=torch.bool, device=flat.data.device)
+        for s, st in zip(flat.layout, seg_task):
+            if st is None or st == t:
+                m[s.offset:s.end] = True
+        out.append(m)
+    return out
+
+
+def task_seed(seed: int, task: int) -> int:
+    """63-bit seed of one task's local training within a client's round (from the client's seed)."""
+    state = np.random.SeedSequence([seed % (1 << 63), _TASK_SEED_STREAM, task]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+# -------------------------------------------------------------------------------------------- the algorithm
+@register
+class FedYolo(Algorithm):
+    """FedYolo (Zhang et al., arXiv:2307.04905, 2023): per-task modules and heads on one frozen backbone,
+    each task's module averaged over the clients that hold it (masked aggregation of the flat buffer).
+
+    Args:
+        cfg: the run config; ``fl.algo`` → :class:`FedYoloParams`.
+    """
+
+    name = "fedyolo"
+    Params = FedYoloParams
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.kinds = self.params.task_kinds
+        self.num_tasks = len(self.kinds)
+        self.active: set[int] = set(range(self.num_tasks))
+        self.held: Optional[list[list[int]]] = None
+        self.masks: list[torch.Tensor] = []
+        self._mask_cache: dict[tuple, torch.Tensor] = {}
+        self.switch: Optional[TaskSwitch] = None
+        self.tests: list = []
+        self.full_model_params = 0
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        p = parse_params(FedYoloParams, cfg.fl.algo, cls.name)
+        if "wordorder" in p.task_kinds and cfg.data.kind != "text":
+            raise ConfigError("fl.algo.tasks: 'wordorder' needs text data (data.kind=text)")
+        if cfg.fl.mode != "federated":
+            raise ConfigError(f"fl.mode={cfg.fl.mode!r}: fl.algorithm=fedyolo runs only federated")
+        if cfg.peft.method not in PER_TASK_METHODS + SHARED_METHODS:
+            raise ConfigError(f"peft.method={cfg.peft.method!r}: not supported by fl.algorithm=fedyolo")
+
+    # -- construction ------------------------------------------------------------------------------
+    def num_classes(self, dataset) -> list[int]:
+        """K_t per task: the data set's classes for 'label', 2 for 'wordorder'."""
+        return [(self.run_cfg.model.num_classes or dataset.num_classes) if k == "label" else 2 for k in self.kinds]
+
+    def build(self, cfg: Config, device: torch.device, dataset):
+        model, flat, self.switch, self.seg_task = build_multitask(
+            cfg, self.num_classes(dataset), class_names=dataset.class_names if self.kinds[0] == "label" else None,
+            device=device)
+        self.masks = task_masks(flat, self.seg_task, self.num_tasks)
+        module = sum(s.numel for s, t in zip(flat.layout, self.seg_task)
+                     if t is not None and not s.name.startswith("head."))
+        self.full_model_params = sum(p.numel() for p in model.parameters()) - module
+        return model, flat
+
+    def setup(self, loop: "FederatedLoop") -> None:
+        """Open every task's shards, assign tasks to clients, and install the multi-task client view."""
+        datasets, self.tests = open_tasks(self.kinds, loop.cfg, loop.dataset, loop.comm)
+        for k, ds, nc in zip(self.kinds, datasets, self.num_classes(loop.dataset)):
+            if ds.num_classes > nc:
+                raise ConfigError(f"fl.algo.tasks: task {k!r} has {ds.num_classes} classes, its head {nc}")
+        n = datasets[0].num_clients
+        self.held = assign_tasks(n, self.num_tasks, self.params.task_share, self.params.assign_seed)
+        view = MultiTaskDataset(datasets, self.held, lambda: self.active)
+        self._datasets = datasets
+        loop.dataset = view
+        loop.clients = view
+        loop.test_data = self.tests[0]
+        counts = [sum(t in h for h in self.held) for t in range(self.num_tasks)]
+        both = sum(len(h) > 1 for h in self.held)
+        log.info("fedyolo: tasks %s; clients per task %s (%d hold several); module+head elements per task %s",
+                 self.kinds, counts, both, [int(m.sum()) for m in self.masks])
+
+    # -- rounds --------------------------------------------------------------------------------------
+    @property
+    def phase_rounds(self) -> int:
+        p = self.params.phase_rounds
+        return p if p > 0 else math.ceil(self.cfg.rounds / self.num_tasks)
+
+    def active_tasks(self, round_idx: int) -> set[int]:
+        """Tasks trained in round ``round_idx`` (1-based)."""
+        if self.params.schedule == "joint":
+            return set(range(self.num_tasks))
+        return {min((round_idx - 1) // self.phase_rounds, self.num_tasks - 1)}
+
+    def on_round_start(self, loop: "FederatedLoop", round_idx: int) -> None:
+        self.active = self.active_tasks(round_idx)
+
+    def tasks_of(self, cid: int) -> list[int]:
+        """Tasks client ``cid`` trains (and sends) this round: held ∩ active."""
+        return [t for t in self.held[cid] if t in self.active] if self.held is not None else sorted(self.active)
+
+    def client_mask(self, client_id: int) -> torch.Tensor:
+        """(n,) bool: union of the segments of the tasks the client trains this round (shared ones included)."""
+        key = tuple(self.tasks_of(client_id))
+        if key not in self._mask_cache:
+            m = torch.zeros_like(self.masks[0])
+            for t in key:
+                m |= self.masks[t]
+            self._mask_cache[key] = m
+        return self._mask_cache[key]
+
+    def local_update(self, trainer: LocalTrainer, theta_global: torch.Tensor, data, seed: int,
+                     client_id: int) -> LocalResult:
+        """Train each task the client trains this round, one after the other, on that task's data with its
+        module and head (``fl.local`` steps per task, optimizer state reset per task)."""
+        trainer.flat.data.copy_(theta_global)
+        loss_sum, seen, steps, last = 0.0, 0, 0, 0.0
+        for t in sorted(data.parts):
+            self.switch.set(t)
+            r = trainer.train(data.parts[t], task_seed(seed, t), mask=self.masks[t])
+            loss_sum, seen, steps, last = loss_sum + r.loss_sum, seen + r.samples_seen, steps + r.steps, r.final_loss
+        self.switch.set(0)
+        return LocalResult(loss_sum, seen, steps, last)
+
+    def after_round(self, loop: "FederatedLoop", round_idx: int) -> dict:
+        """Bytes of the round: ``bytes_down_modules`` (each cohort client downloads the modules + heads of the tasks
+        it trains: Σ_c |m_c| fp32) and ``bytes_full_model_fl`` (up + down of the whole model — backbone and
+        heads — for each cohort client that trains a task, as full-model FL would send); with
+        ``schedule=sequential``, the per-task test metrics at the end of each phase but the last."""
+        cohort = cohort_for_round(loop.cfg.seed, round_idx, self._datasets[0].num_clients, loop.cfg.fl.cohort_size)
+        down = sum(int(self.client_mask(c).count_nonzero()) for c in cohort) * 4
+        training = sum(1 for c in cohort if self.tasks_of(c))  # cohort clients with a task this round
+        full = 2 * training * self.full_model_params * 4
+        out = {"bytes_down_modules": down, "bytes_full_model_fl": full}
+        if (self.params.schedule == "sequential" and round_idx % self.phase_rounds == 0
+                and round_idx < loop.cfg.fl.rounds and round_idx // self.phase_rounds < self.num_tasks):
+            out.update({f"phase{round_idx // self.phase_rounds}_{k}": v for k, v in self.evaluate(loop).items()})
+        return out
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self, loop: "FederatedLoop") -> dict:
+        """Per-task test loss/accuracy of the global model (each task's test split, sharded over ranks, ONE
+        all-reduce); ``test_acc`` / ``test_loss`` are their means over tasks."""
+        loop.flat.data.copy_(loop.theta_global)
+        sums = []
+        for t, test in enumerate(self.tests):
+            self.switch.set(t)
+            sums.append(evaluate(loop.model, test, loop.device, batch_size=loop.cfg.eval.batch_size,
+                                 bf16=loop.cfg.fl.local.bf16, shard=(loop.comm.rank, loop.comm.world_size)))
+        self.switch.set(0)
+        s = loop.comm.all_reduce_sum(torch.cat(sums), tag="eval").view(-1, 3).tolist()
+        out = {}
+        for t, (loss, correct, count) in enumerate(s):
+            out[f"test_loss_task{t}"] = loss / max(count, 1.0)
+            out[f"test_acc_task{t}"] = correct / max(count, 1.0)
+        out["test_loss"] = float(np.mean([out[f"test_loss_task{t}"] for t in range(self.num_tasks)]))
+        out["test_acc"] = float(np.mean([out[f"test_acc_task{t}"] for t in range(self.num_tasks)]))
+        return out
+
+
+# ------------------------------------------------------------------------------------------------- the demo
+DEMO_VARIANTS = {
+    "fedyolo_joint": [],
+    "fedyolo_sequential": ["fl.algo.schedule=sequential", "eval.every_rounds=1000"],
+    "full_sequential": ["config=configs/algo/fedyolo_full.yaml", "fl.algo.schedule=sequential",
+                        "eval.every_rounds=1000"],
+    "full_sequential_lr3e-4": ["config=configs/algo/fedyolo_full.yaml", "fl.algo.schedule=sequential",
+                               "eval.every_rounds=1000", "fl.local.lr=3.0e-4"],
+}
+"""Runs of ``python -m hpcfed.fl.fedyolo``: name → config words over ``configs/algo/fedyolo.yaml``."""
+
+
+def _read_metrics(path) -> list[dict]:
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def summarize_demo(histories: dict[str, list[dict]]) -> tuple[dict, str]:
+    """Per run: per-task accuracy at the end (and after phase 1 for sequential runs), bytes per round and in
+    total (up + down) against full-model FL. Returns (summary dict, markdown table)."""
+    summary = {}
+    rows = [("| run | task 0 (sentiment) acc after phase 1 | task 0 acc at end | task 1 (word order) acc at end "
+             "| bytes/round up+down | total bytes | full-model FL total | ratio |"), "|---" * 8 + "|"]
+    for name, hist in histories.items():
+        rounds = [m for m in hist if m.get("round", 0) > 0]
+        last = rounds[-1]
+        up = sum(m["bytes_up"] for m in rounds)
+        down = sum(m["bytes_down_modules"] for m in rounds)
+        full = sum(m["bytes_full_model_fl"] for m in rounds)
+        phase = next((m["phase1_test_acc_task0"] for m in rounds if "phase1_test_acc_task0" in m), None)
+        s = {"rounds": len(rounds), "acc_task0_end": last.get("test_acc_task0"),
+             "acc_task1_end": last.get("test_acc_task1"), "acc_task0_after_phase1": phase,
+             "bytes_up": up, "bytes_down": down, "bytes_total": up + down, "bytes_full_model_fl": full,
+             "ratio_full_over_run": full / max(up + down, 1), "wall_s": last.get("wall_s")}
+        summary[name] = s
+        pct = (lambda v: "—" if v is None else f"{100 * v:.1f}")
+        rows.append(f"| {name} | {pct(phase)} | {pct(s['acc_task0_end'])} | {pct(s['acc_task1_end'])} | "
+                    f"{(up + down) / len(rounds) / 1e6:.2f} MB | {(up + down) / 1e6:.1f} MB | {full / 1e9:.2f} GB | "
+                    f"{s['ratio_full_over_run']:.0f}× |")
+    return summary, "\n".join(rows)
+
+
+def demo(argv: Optional[list[str]] = None) -> int:
+    """``python -m hpcfed.fl.fedyolo [--np N] [--only NAME ...] [key=value ...]``: run the variants of
+    :data:`DEMO_VARIANTS` one after the other (each ``python -m hpcfed.main``; under ``mpirun -n N`` when
+    N > 1), then print the accuracy/bytes table and write ``<out_dir>/fedyolo_demo.json``.
+
+    Extra ``key=value`` words go to every run (e.g. ``fl.rounds=4`` for a quicker look).
+    """
+    import argparse
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m hpcfed.fl.fedyolo", description=demo.__doc__)
+    ap.add_argument("--np", type=int, default=1, help="MPI ranks per run (1: a plain process)")
+    ap.add_argument("--only", nargs="*", default=None, help="subset of: " + ", ".join(DEMO_VARIANTS))
+    ap.add_argument("--config", default="configs/algo/fedyolo.yaml")
+    args, words = ap.parse_known_args(argv)
+    from hpcfed.config import load_config
+
+    base = load_config([f"config={args.config}", *words])
+    histories = {}
+    for name, extra in DEMO_VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        cmd = [sys.executable, "-m", "hpcfed.main", f"config={args.config}", *extra, *words, f"name={name}",
+               "checkpoint.resume=none", "progress=false"]
+        if args.np > 1:
+            cmd = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(args.np),
+                   *cmd, "dist.num_threads=1"]
+        t0 = time.perf_counter()
+        print(f"== {name}: {' '.join(cmd[cmd.index('-m') + 1:])}", flush=True)
+        r = subprocess.run(cmd, check=False)
+        if r.returncode != 0:
+            print(f"{name} failed with exit status {r.returncode}", file=sys.stderr)
+            return r.returncode
+        hist = _read_metrics(Path(base.out_dir) / name / "metrics.jsonl")
+        hist[-1]["wall_s"] = time.perf_counter() - t0
+        histories[name] = hist
+    out = Path(base.out_dir) / "fedyolo_demo.json"
+    if args.only and out.is_file():  # a partial rerun adds to / replaces entries of the previous summary
+        histories = {**json.loads(out.read_text())["histories"], **histories}
+    summary, table = summarize_demo(histories)
+    out.write_text(json.dumps({"summary": summary, "histories": histories}, indent=1) + "\n")
+    print(table)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(demo())
