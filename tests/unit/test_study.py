@@ -230,12 +230,12 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     assert all(c.model.pretrained and c.data.source.startswith(str(tmp_path)) for c in fed)
 
     cifar = studies["cifar10_init"]
-    assert len(cifar.cells) == 8
+    assert len(cifar.cells) == 15 and sum(c.cfg.seed == 1 for c in cifar.cells) == 3
     for c in cifar.cells:
         m = c.cfg.model
         assert (c.cfg.data.kind, m.family, m.hidden_size, m.num_layers, m.num_heads, m.patch_size) == \
             ("image", "timm_vit", 64, 4, 4, 4)
-        assert m.pretrained == (c.labels["init"] == "fractal") and c.cfg.data.alpha == 0.1
+        assert m.pretrained == (c.labels["init"] != "random") and c.cfg.data.alpha == 0.1
     assert {c.cfg.fl.mode for c in cifar.cells} == {"federated", "centralized"}
     for s in studies.values():
         ids = [c.id for c in s.cells]
