@@ -1,0 +1,175 @@
+"""What the framework comparison shares: the workload, the clients' data, the model and the report line.
+
+Every framework (plain PyTorch, pfl-research, Flower) trains the same model on the same clients:
+
+* data: hpcfed's own prepared shards of the workload (:func:`benchmarks.workloads.prepare_workload_data`), so
+  client ``c`` holds exactly the same token ids and labels in every framework; the SST-2 dev set is the test
+  split of the same shards;
+* model: :class:`SentenceClassifier`, all-MiniLM-L6-v2 (``transformers.AutoModel``) + mean pooling over real
+  tokens + dropout 0.1 + a linear head (torch seed 0), BitFit by ``requires_grad`` or LoRA by
+  ``peft.get_peft_model`` (r, α, query/value) — the same architecture hpcfed builds;
+* local training: 4 AdamW steps of batch 32 (lr 1e-3, head 5e-3, no weight decay, fresh optimizer state per
+  client), dynamic padding (each batch trimmed to its longest sequence), fp32 unless said otherwise;
+* aggregation: FedAvg weighted by client sample counts, server lr 1.
+
+Each script prints ONE JSON line (:func:`report`): median seconds per round over rounds 2..R, client
+updates/s, final SST-2 dev accuracy after R rounds, start-up time, load average.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def add_set_arg(parser) -> None:
+    """``--set key=value`` (repeatable): hpcfed config words changing the workload (smoke tests: smaller
+    cohort / fewer steps). The comparison itself runs the workload unchanged."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def setup(workload: str = "text-bitfit", overrides: Sequence[str] = (), threads: int | None = None):
+    """(hpcfed Config, ShardedDataset) of ``workload`` (+ ``overrides``); sets torch threads (default: all
+    cores)."""
+    from benchmarks.workloads import load_workload_config, prepare_workload_data
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    cfg = load_workload_config(workload, overrides)
+    return cfg, prepare_workload_data(cfg)
+
+
+class SentenceClassifier(nn.Module):
+    """Encoder + mean pooling over real tokens + dropout + linear head.
+
+    forward(x int (B, L) token ids, lengths int (B,)) → logits float (B, K); ``x`` is trimmed to the
+    longest real length in the batch (dynamic padding), positions past a length are masked.
+    """
+
+    def __init__(self, path: str, num_classes: int = 2, dropout: float = 0.1):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.backbone = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.backbone.config.hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = x[:, : int(lengths.max())].long()
+        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).long()
+        h = self.backbone(input_ids=x, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.head(self.dropout(pooled))
+
+
+def build_model(cfg, peft_method: str) -> SentenceClassifier:
+    """The workload's model with ``peft_method`` ('bias' = BitFit, 'lora') applied; head seeded by cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    model = SentenceClassifier(cfg.model.path, 2, cfg.model.dropout)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if peft_method == "bias":
+        for n, p in model.named_parameters():
+            if n.endswith(".bias") or n.startswith("head."):
+                p.requires_grad_(True)
+    elif peft_method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lc = LoraConfig(r=cfg.peft.lora_rank, lora_alpha=cfg.peft.lora_alpha, lora_dropout=cfg.peft.lora_dropout,
+                        target_modules=["query", "value"], bias="none")
+        model.backbone = get_peft_model(model.backbone, lc)
+        for p in model.head.parameters():
+            p.requires_grad_(True)
+    else:
+        raise ValueError(f"peft method {peft_method!r}: the comparison implements 'bias' and 'lora'")
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the trainable parameters (what a client sends)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW with the workload's lr for the PEFT parameters and head_lr for the head."""
+    c = cfg.fl.local
+    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    return torch.optim.AdamW([{"params": rest, "lr": c.lr}, {"params": head, "lr": c.head_lr or c.lr}],
+                             lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay)
+
+
+def local_train(model: nn.Module, opt: torch.optim.Optimizer, data, steps: int, batch_size: int,
+                generator: torch.Generator, bf16: bool = False) -> int:
+    """``steps`` AdamW steps on shuffled batches of ``data`` (hpcfed ClientData); returns samples seen."""
+    model.train()
+    n = len(data)
+    bs = min(batch_size, n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-steps * bs // n))])
+    seen = 0
+    for s in range(steps):
+        idx = order[s * bs:(s + 1) * bs]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(data.x[idx], data.lengths[idx])
+        F.cross_entropy(logits.float(), data.y[idx]).backward()
+        opt.step()
+        seen += len(idx)
+    return seen
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, test, batch_size: int = 256) -> float:
+    """Accuracy of ``model`` on ``test`` (ClientData), batches sorted by length (padding is masked)."""
+    model.eval()
+    order = torch.argsort(test.lengths, stable=True)
+    correct = 0
+    for b in order.split(batch_size):
+        correct += int((model(test.x[b], test.lengths[b]).argmax(-1) == test.y[b]).sum())
+    return correct / len(test)
+
+
+def fedavg_(model: nn.Module, updates: Sequence[tuple[dict[str, torch.Tensor], float]]) -> None:
+    """Set the trainable parameters of ``model`` to the ``weight``-weighted mean of the clients' states."""
+    total = sum(w for _, w in updates)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(sum(sd[n] * (w / total) for sd, w in updates))
+
+
+def report(framework: str, workload: str, round_s: Sequence[float], cohort: int, final_acc: float,
+           startup_s: float, **extra) -> dict:
+    """Print and return the one JSON line of a framework run: medians over rounds 2..R."""
+    timed = list(round_s[1:]) if len(round_s) > 1 else list(round_s)
+    med = statistics.median(timed)
+    out = {"framework": framework, "workload": workload, "rounds": len(round_s), "round_s": med,
+           "round_s_all": list(round_s), "client_updates_per_s": cohort / med, "final_acc": final_acc,
+           "startup_s": startup_s, "loadavg": list(os.getloadavg()), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, **extra}
+    print(json.dumps(out))
+    sys.stdout.flush()
+    return out
+
+
+class Timer:
+    """``with Timer() as t: ...; t.s`` — wall seconds."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0

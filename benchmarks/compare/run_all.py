@@ -1,0 +1,144 @@
+"""Run the framework comparison one framework after another and write the results table.
+
+Usage (from the repository root; hold the machine's CPU lock for the whole batch so nothing else runs)::
+
+    flock /tmp/hpcfed_cpu.lock python -m benchmarks.compare.run_all --rounds 5 \
+        --compare-python /work/compare-venv/bin/python --out runs/bench/compare.jsonl
+    python -m benchmarks.compare.run_all --table runs/bench/compare.jsonl     # markdown table only
+
+Each entry runs in its own process (never two at a time); every result line gets the ``uptime`` load
+average read just before and after it. pfl-research and Flower run with ``--compare-python`` (the Python of
+an environment with ``requirements-compare.txt`` installed); hpcfed and the plain loop with this Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKLOADS = ("text-bitfit", "text-lora")
+
+
+def entries(workload: str, rounds: int, group_size: int | None) -> list[tuple[str, str, list[str]]]:
+    """(label, python kind 'main'|'compare', module args) of one workload's rows, in run order."""
+    r = str(rounds)
+    rows = [
+        ("hpcfed", "main", ["benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval",
+                            "--set", "fl.local.bf16=true"]),
+        ("plain-pytorch", "main", ["benchmarks.compare.plain_torch", "--workload", workload, "--rounds", r]),
+        ("pfl-research", "compare", ["benchmarks.compare.pfl_bench", "--workload", workload, "--rounds", r]),
+        ("flower", "compare", ["benchmarks.compare.flower_bench", "--workload", workload, "--rounds", r]),
+        ("hpcfed-fp32", "main", ["benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval",
+                                 "--no-compute-baseline", "--set", "fl.local.bf16=false"]),
+    ]
+    if group_size and group_size > 1:
+        rows.append((f"hpcfed-G{group_size}", "main", [
+            "benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval", "--set", "fl.local.bf16=true",
+            "--set", f"fl.local.client_group_size={group_size}"]))
+    return rows
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def run_entry(label: str, python: str, args: list[str], timeout_s: float) -> dict:
+    """Run one entry; its last stdout line that parses as JSON is the result (or an error record)."""
+    before = _uptime()
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([python, "-m", *args], capture_output=True, text=True, timeout=timeout_s)
+        out, err, rc = p.stdout, p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out, err, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), \
+            "timeout", 124
+    wall = time.perf_counter() - t0
+    res = None
+    for line in reversed(out.strip().splitlines()):
+        try:
+            res = json.loads(line)
+            break
+        except json.JSONDecodeError:
+            continue
+    if res is None:
+        res = {"error": f"rc={rc}: " + " | ".join(err.strip().splitlines()[-3:])}
+    res.update(label=label, wall_s=wall, uptime_before=before, uptime_after=_uptime(), cmd=" ".join(args))
+    res.pop("per_round", None)
+    return res
+
+
+def _fmt(x, spec=".2f"):
+    return "—" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table per workload: s/round, client updates/s, hpcfed's ratio over each row, accuracy."""
+    lines = []
+    for wl in WORKLOADS:
+        rows = [r for r in results if r.get("workload") == wl and "error" not in r]
+        if not rows:
+            continue
+        ref = next((r for r in rows if r["label"] == "hpcfed"), None)
+        lines += [f"**{wl}**", "",
+                  "| framework | s/round (median r2..R) | client updates/s | hpcfed × faster | dev acc after R "
+                  "| start-up s | load avg (1 min, before→after) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ratio = ref["client_updates_per_s"] / r["client_updates_per_s"] if ref else None
+            la = [u.split("load average:")[-1].split(",")[0].strip() for u in (r["uptime_before"], r["uptime_after"])]
+            startup = r.get("startup_s", r.get("build_s"))
+            lines.append(f"| {r['label']} | {_fmt(r['round_s'])} | {_fmt(r['client_updates_per_s'], '.3f')} | "
+                         f"{_fmt(ratio)} | {_fmt(100 * r['final_acc'] if r.get('final_acc') is not None else None, '.2f')}% "
+                         f"| {_fmt(startup, '.1f')} | {la[0]}→{la[1]} |")
+        lines.append("")
+    errs = [r for r in results if "error" in r]
+    for r in errs:
+        lines.append(f"- {r['label']} ({r.get('cmd', '')}): {r['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    p.add_argument("--only", nargs="*", help="labels to run (default: all)")
+    p.add_argument("--compare-python", default=os.environ.get("HPCFED_COMPARE_PYTHON", "/work/compare-venv/bin/python"))
+    p.add_argument("--group-size", type=int, default=None,
+                   help="also run hpcfed with fl.local.client_group_size=G (needs the client-parallel path)")
+    p.add_argument("--out", default="runs/bench/compare.jsonl")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per entry")
+    p.add_argument("--table", metavar="JSONL", help="only print the markdown table of this results file")
+    a = p.parse_args(argv)
+    if a.table:
+        rows = [json.loads(x) for x in Path(a.table).read_text().splitlines() if x.strip()]
+        print(table(rows))
+        return 0
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    pythons = {"main": sys.executable, "compare": a.compare_python}
+    done = []
+    for wl in a.workloads:
+        for label, kind, args in entries(wl, a.rounds, a.group_size):
+            if a.only and label not in a.only:
+                continue
+            print(f"[run_all] {wl} {label}: {' '.join(args)}", file=sys.stderr, flush=True)
+            res = run_entry(label, pythons[kind], args, a.timeout)
+            res.setdefault("workload", wl)
+            done.append(res)
+            with open(a.out, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(res) + "\n")
+            print(f"[run_all]   -> {res.get('round_s', res.get('error'))} s/round, acc {res.get('final_acc')}",
+                  file=sys.stderr, flush=True)
+    print(table(done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Pure functions of the benchmark harness (benchmarks/): MFU and token arithmetic, the FLOP model, the
+all-reduce cost model and its fit, the bytes table. No timings are asserted."""
+
+import math
+
+import pytest
+import torch
+
+from benchmarks.scaling import (
+    bytes_table,
+    fit_alpha_beta,
+    fit_client_time,
+    ring_allreduce_s,
+    round_time_s,
+    trainable_count,
+)
+from benchmarks.throughput import (
+    fit_seq_flops,
+    matmul_flops,
+    measure_seq_flops,
+    mfu,
+    seq_flops,
+    token_counts,
+)
+from benchmarks.workloads import WORKLOADS, load_workload_config
+from tests.conftest import tiny_model_args
+
+
+def test_mfu_and_matmul_flops():
+    assert matmul_flops(2) == 16  # 2·n³
+    assert matmul_flops(2, 3, 4) == 48
+    assert mfu(1e12, 2.0, 1e12) == 0.5  # 1 TFLOP in 2 s on a 1 TFLOP/s peak
+    assert mfu(3e9, 0.5, 12e9) == 0.5
+    with pytest.raises(ValueError):
+        mfu(1.0, 0.0, 1.0)
+
+
+def test_token_counts_buckets_by_hand():
+    lengths = torch.tensor([5, 1, 3, 2, 7, 7])
+    batches = [torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5])]
+    # buckets=2: batch 1 sorted [1,2,3,5] -> [1,2] padded to 2 (4 tokens), [3,5] padded to 5 (10 tokens);
+    # batch 2: [7],[7] -> 14. Real: 11 + 14.
+    assert token_counts(lengths, batches, 2) == (6, 25, 28)
+    # one bucket: whole batch padded to its longest: 4·5 + 2·7
+    assert token_counts(lengths, batches, 1) == (6, 25, 34)
+    assert token_counts(None, batches, 4) == (6, 0, 0)
+
+
+def test_fit_seq_flops_recovers_quadratic():
+    c, a, b = 100.0, 3000.0, 40.0
+    ls = [8, 16, 32]
+    coef = fit_seq_flops(ls, [c + a * L + b * L * L for L in ls])
+    assert coef == pytest.approx((c, a, b), rel=1e-9)
+    assert seq_flops(coef, torch.tensor([1, 2])) == pytest.approx(2 * c + 3 * a + 5 * b)
+
+
+def test_measured_flops_model_is_exact_on_tiny_bert():
+    """c + a·L + b·L² fitted on L = 8, 16, 32 predicts the FLOPs autograd executes at L = 24 exactly."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hpcfed.config import load_config
+    from hpcfed.models import build_model
+    from hpcfed.peft import apply_peft
+
+    cfg = load_config(tiny_model_args("hf_text") + ["peft.method=bias"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2)
+    apply_peft(model, cfg.peft)
+    coef = measure_seq_flops(model, torch.device("cpu"), kind="text")
+    model.eval()
+    x = torch.arange(24, dtype=torch.int32)[None] % 90 + 5
+    with FlopCounterMode(display=False) as fc:
+        model(x, torch.tensor([24], dtype=torch.int32)).float().sum().backward()
+    assert seq_flops(coef, torch.tensor([24])) == pytest.approx(fc.get_total_flops(), rel=1e-6)
+    assert coef[2] > 0  # attention is quadratic in L
+
+
+def test_ring_allreduce_model():
+    assert ring_allreduce_s(1e6, 1, 1e-5, 1e-9) == 0.0
+    # p=4: 6 steps of latency, 2·3/4 of the bytes
+    assert ring_allreduce_s(4e6, 4, 1e-5, 1e-9) == pytest.approx(6e-5 + 1.5 * 4e6 * 1e-9)
+    assert round_time_s(2, 16, 0.5, 0.0, 0.0, 0.0) == 4.0  # 8 clients on the slowest rank
+    assert round_time_s(3, 16, 0.5, 0.0, 0.0, 0.0, t_fixed=1.0) == 4.0  # ceil(16/3) = 6
+
+
+@pytest.mark.parametrize("p", [2, 8])
+def test_fit_alpha_beta_recovers_synthetic(p):
+    alpha, beta = 3e-5, 2.5e-10
+    sizes = [4e2, 4e4, 4e5, 4e6, 4e7]
+    secs = [ring_allreduce_s(b, p, alpha, beta) for b in sizes]
+    a, b = fit_alpha_beta(sizes, secs, p)
+    assert a == pytest.approx(alpha, rel=1e-6)
+    assert b == pytest.approx(beta, rel=1e-6)
+    with pytest.raises(ValueError):
+        fit_alpha_beta(sizes, secs, 1)
+
+
+def test_fit_client_time_recovers_synthetic():
+    rows = [{"ranks": 1, "cohort": 16, "round_s": 0.3 + 16 * 1.25},
+            {"ranks": 2, "cohort": 16, "round_s": 0.3 + 8 * 1.25 + 0.01, "allreduce_s": 0.01},
+            {"ranks": 1, "cohort": 8, "round_s": 0.3 + 8 * 1.25}]
+    t_fixed, t_client = fit_client_time(rows)
+    assert t_fixed == pytest.approx(0.3, abs=1e-9)
+    assert t_client == pytest.approx(1.25, rel=1e-9)
+
+
+def test_bytes_table_tiny_bert_by_hand():
+    """Tiny BERT (hidden 32, 2 layers, MLP 64, vocab 100, 2 classes): BitFit = embedding LayerNorm bias 32 +
+    per layer (q,k,v 96 + attn out 32 + LN 32 + MLP in 64 + MLP out 32 + LN 32 = 288) × 2 + head 2·32+2."""
+    from hpcfed.config import load_config
+    from hpcfed.models import build_model
+
+    cfg = load_config(tiny_model_args("hf_text"))
+
+    def builder(arch, k):
+        return build_model(cfg.model, k)
+
+    rows = bytes_table(["tiny"], ["bias", "head", "full"], builder=builder, num_classes={"tiny": 2})
+    got = {r["method"]: r for r in rows}
+    assert got["bias"]["trainable"] == 32 + 2 * 288 + 66
+    assert got["bias"]["bytes"] == 4 * (32 + 2 * 288 + 66)
+    assert got["head"]["trainable"] == 66
+    assert got["full"]["trainable"] == got["full"]["total_params"]
+    torch.manual_seed(0)
+    assert trainable_count(builder("tiny", 2), "lora", lora_rank=2) == 2 * 2 * (2 * 32 + 2 * 32) + 66
+
+
+def test_workloads_are_valid_configs():
+    for name, w in WORKLOADS.items():
+        cfg = load_workload_config(name, ["model.path=null", "model.pretrained=false"], rounds=3)
+        assert cfg.fl.cohort_size == 16 and cfg.fl.local.steps == 4 and cfg.fl.local.batch_size == 32
+        assert cfg.data.num_clients == 100 and cfg.data.alpha == 0.5 and cfg.fl.rounds == 3
+        assert cfg.peft.method == w.peft
+    assert math.isclose(load_workload_config("text-bitfit", ["model.path=null", "model.pretrained=false"])
+                        .fl.local.head_lr, 5e-3)
