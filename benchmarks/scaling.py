@@ -349,6 +349,47 @@ def fit_and_plot(rows: Sequence[dict], plot: Path | None, *, nccl_alpha_us: floa
     return fit
 
 
+def scaling_markdown(rows: Sequence[dict], fit: dict) -> str:
+    """Markdown of the measured rows and of the fitted model against them."""
+    out = ["| mode | ranks | cohort | s/round | client updates/s | load avg (1, 5, 15 min) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["mode"] in ("strong", "weak"):
+            out.append(f"| {r['mode']} | {r['ranks']} | {r['cohort']} | {r['round_s']:.2f} | "
+                       f"{r['client_updates_per_s']:.3f} | {r.get('loadavg', '')} |")
+    ar = [r for r in rows if r["mode"] == "allreduce"]
+    if ar:
+        out += ["", "gloo all-reduce on " + str(ar[0]["ranks"]) + " ranks: " + ", ".join(
+            f"{r['bytes'] / 1e6:.3g} MB {1e3 * r['round_s']:.2f} ms" for r in ar)]
+    if "alpha_s" in fit:
+        out += ["", f"Fit: α = {1e6 * fit['alpha_s']:.1f} µs, β = {fit['beta_s_per_byte']:.3g} s/B "
+                    f"(bus bandwidth {fit['busbw_gbs']:.2f} GB/s)"
+                + (f", t_fixed = {fit['t_fixed_s']:.2f} s, t_client = {fit['t_client_s']:.3f} s" if "t_client_s" in fit
+                   else "") + "."]
+    if fit.get("points"):
+        out += ["", "| ranks | cohort | measured s | model s |", "|---|---|---|---|"]
+        out += [f"| {q['ranks']} | {q['cohort']} | {q['measured_s']:.2f} | {q['model_s']:.2f} |" for q in fit["points"]]
+    return "\n".join(out) + "\n"
+
+
+def projection_markdown(fit: dict, bytes_rows: Sequence[dict], plot: Optional[str], clients_per_gpu: int = 16
+                        ) -> str:
+    """Modelled weak-scaling round time and all-reduce share at 1..1024 GPUs for each payload."""
+    a, b, t = fit["nccl_alpha_s"], fit["nccl_beta_s_per_byte"], fit["projection_client_s"]
+    ps = (1, 8, 64, 1024)
+    out = [f"Weak scaling, {clients_per_gpu} clients per GPU, t_client = {t:.3g} s, NCCL ring α = "
+           f"{1e6 * a:.0f} µs, bus bandwidth {1e-9 / b:.0f} GB/s: modelled s/round (all-reduce share)", "",
+           "| payload | " + " | ".join(f"{p} GPUs" for p in ps) + " |", "|---" * (len(ps) + 1) + "|"]
+    for br in bytes_rows:
+        cells = []
+        for p in ps:
+            tot = round_time_s(p, clients_per_gpu * p, t, br["bytes"], a, b)
+            cells.append(f"{tot:.3g} ({100 * ring_allreduce_s(br['bytes'], p, a, b) / tot:.2g}%)")
+        out.append(f"| {br['arch']} {br['method']} ({br['bytes'] / 1e6:.3g} MB) | " + " | ".join(cells) + " |")
+    if plot:
+        out += ["", f"![scaling model]({Path(plot).name})"]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpu-client-s", type=float, default=None)
     p.add_argument("--bytes-table", action="store_true", help="all-reduce bytes per PEFT method (no downloads)")
     p.add_argument("--bytes-json", default=None, help="write/read the bytes table rows here")
+    p.add_argument("--md", default=None, help="with --fit: write the measured/fit markdown here")
+    p.add_argument("--projection-md", default=None, help="with --fit: write the projection markdown here")
     a = p.parse_args(argv)
     if a.allreduce_bench:
         allreduce_bench(device=a.device)
@@ -394,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fit = fit_and_plot(read_csv(Path(a.fit)), Path(a.plot) if a.plot else None, nccl_alpha_us=a.nccl_alpha_us,
                            nccl_busbw_gbs=a.nccl_busbw_gbs, gpu_client_s=a.gpu_client_s, bytes_rows=sel)
         print(json.dumps(fit, indent=1))
+        if a.md:
+            Path(a.md).write_text(scaling_markdown(read_csv(Path(a.fit)), fit))
+        if a.projection_md:
+            proj = [b for b in brows if b["method"] in ("bias", "lora", "full")]
+            Path(a.projection_md).write_text(projection_markdown(fit, proj, a.plot))
     return 0
 
 

@@ -37,7 +37,7 @@ def entries(workload: str, rounds: int, group_size: int | None) -> list[tuple[st
                                  "--no-compute-baseline", "--set", "fl.local.bf16=false"]),
     ]
     if group_size and group_size > 1:
-        rows.append((f"hpcfed-G{group_size}", "main", [
+        rows.insert(1, (f"hpcfed-G{group_size}", "main", [
             "benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval", "--set", "fl.local.bf16=true",
             "--set", f"fl.local.client_group_size={group_size}"]))
     return rows
@@ -105,6 +105,68 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def targets(results: list[dict]) -> str:
+    """Markdown list: each target of the issue met/missed with the measured numbers (best hpcfed row)."""
+    out = []
+    for wl in WORKLOADS:
+        rows = {r["label"]: r for r in results if r.get("workload") == wl and "error" not in r}
+        hp = [r for k, r in rows.items() if k.startswith("hpcfed") and k != "hpcfed-fp32"]
+        if not hp:
+            continue
+        best = max(hp, key=lambda r: r["client_updates_per_s"])
+        for other in ("pfl-research", "flower", "plain-pytorch"):
+            if other in rows:
+                ratio = best["client_updates_per_s"] / rows[other]["client_updates_per_s"]
+                dacc = 100 * (best.get("final_acc", float("nan")) - rows[other].get("final_acc", float("nan")))
+                need = other != "plain-pytorch"
+                verdict = ("**met**" if ratio >= 3 else "**missed**") if need else "(reference)"
+                out.append(f"- {wl}: client updates/s {best['label']} / {other} = {ratio:.2f}× {verdict} "
+                           f"(target ≥ 3×); accuracy difference {dacc:+.2f} points after {best['rounds']} rounds")
+        for r in hp:
+            if "mfu_bf16" in r:
+                out.append(f"- {wl} {r['label']}: MFU on useful tokens {100 * r['mfu_bf16']:.1f}% of the measured "
+                           f"bf16 matmul peak ({r['peak_bf16_flops'] / 1e9:.0f} GFLOP/s) "
+                           f"{'**met**' if r['mfu_bf16'] >= 0.25 else '**missed**'} (target ≥ 25%); "
+                           f"{100 * r['mfu_fp32']:.1f}% of the fp32 peak")
+            if "overhead_frac" in r:
+                out.append(f"- {wl} {r['label']}: framework overhead {r['overhead_s']:.2f} s = "
+                           f"{100 * r['overhead_frac']:.1f}% of the round "
+                           f"{'**met**' if r['overhead_frac'] <= 0.05 else '**missed**'} (target ≤ 5%)")
+    return "\n".join(out) + "\n"
+
+
+def details(results: list[dict]) -> str:
+    """Markdown table of hpcfed's throughput metrics."""
+    lines = ["| workload | row | s/round | updates/s | samples/s | real tok/s | computed tok/s (padding) | "
+             "useful TFLOP/s | MFU bf16 / fp32 | compute s | overhead | peak mem MiB | dev acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.get("framework") != "hpcfed" or "error" in r:
+            continue
+        mf = (f"{100 * r['mfu_bf16']:.1f}% / {100 * r['mfu_fp32']:.1f}%" if "mfu_bf16" in r else "—")
+        ov = (f"{r['overhead_s']:.2f} s ({100 * r['overhead_frac']:.1f}%)" if "overhead_s" in r else "—")
+        lines.append(
+            f"| {r['workload']} | {r['label']} | {r['round_s']:.2f} | {r['client_updates_per_s']:.3f} | "
+            f"{r['samples_per_s']:.0f} | {_fmt(r.get('tokens_per_s'), '.0f')} | "
+            f"{_fmt(r.get('padded_tokens_per_s'), '.0f')} ({_fmt(100 * r.get('padding_frac', float('nan')), '.0f')}%) | "
+            f"{r['useful_tflops_per_s']:.3f} | {mf} | {_fmt(r.get('compute_s'))} | {ov} | {r['peak_mem_mb']:.0f} | "
+            f"{_fmt(100 * r['final_acc'] if r.get('final_acc') is not None else None)}% |")
+    return "\n".join(lines) + "\n"
+
+
+def fill_docs(doc: Path, results: list[dict], scaling_md: str = "", projection_md: str = "") -> None:
+    """Replace the RESULTS_TABLE / TARGETS / SCALING / PROJECTION placeholders of ``doc`` (those present)."""
+    text = doc.read_text()
+    reps = {"RESULTS_TABLE": table(results) + "\nhpcfed's own metrics:\n\n" + details(results),
+            "TARGETS": targets(results), "SCALING": scaling_md, "PROJECTION": projection_md}
+    for k, v in reps.items():
+        if v and f"\n{k}\n" in text:
+            text = text.replace(f"\n{k}\n", "\n" + v.rstrip() + "\n")
+    if results:  # the note saying the numbers are not in yet
+        text = "\n".join(ln for ln in text.split("\n") if not ln.startswith("> **Pending:**"))
+    doc.write_text(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -116,10 +178,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/bench/compare.jsonl")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per entry")
     p.add_argument("--table", metavar="JSONL", help="only print the markdown table of this results file")
+    p.add_argument("--docs", metavar="MD", help="with --table: fill the placeholders of this markdown file")
+    p.add_argument("--scaling-md", metavar="FILE", help="with --docs: markdown for the SCALING placeholder")
+    p.add_argument("--projection-md", metavar="FILE", help="with --docs: markdown for the PROJECTION placeholder")
     a = p.parse_args(argv)
     if a.table:
         rows = [json.loads(x) for x in Path(a.table).read_text().splitlines() if x.strip()]
         print(table(rows))
+        print(targets(rows))
+        if a.docs:
+            rd = lambda f: Path(f).read_text() if f and Path(f).exists() else ""  # noqa: E731
+            fill_docs(Path(a.docs), rows, rd(a.scaling_md), rd(a.projection_md))
         return 0
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     pythons = {"main": sys.executable, "compare": a.compare_python}

@@ -133,3 +133,19 @@ def test_workloads_are_valid_configs():
         assert cfg.peft.method == w.peft
     assert math.isclose(load_workload_config("text-bitfit", ["model.path=null", "model.pretrained=false"])
                         .fl.local.head_lr, 5e-3)
+
+
+def test_targets_verdicts_from_results():
+    from benchmarks.compare.run_all import targets
+
+    def row(label, ups, **kw):
+        return {"label": label, "workload": "text-bitfit", "client_updates_per_s": ups, "final_acc": 0.8,
+                "rounds": 5, **kw}
+
+    text = targets([row("hpcfed", 3.0, mfu_bf16=0.2, mfu_fp32=0.8, peak_bf16_flops=3e11, overhead_s=0.1,
+                        overhead_frac=0.04),
+                    row("hpcfed-G8", 4.0), row("pfl-research", 1.0), row("flower", 2.0)])
+    assert "hpcfed-G8 / pfl-research = 4.00× **met**" in text  # best hpcfed row against each framework
+    assert "hpcfed-G8 / flower = 2.00× **missed**" in text
+    assert "20.0% of the measured bf16 matmul peak (300 GFLOP/s) **missed**" in text
+    assert "4.0% of the round **met**" in text
