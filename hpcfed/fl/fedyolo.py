@@ -407,8 +407,6 @@ DEMO_VARIANTS = {
     "fedyolo_sequential": ["fl.algo.schedule=sequential", "eval.every_rounds=1000"],
     "full_sequential": ["config=configs/algo/fedyolo_full.yaml", "fl.algo.schedule=sequential",
                         "eval.every_rounds=1000"],
-    "full_sequential_lr3e-4": ["config=configs/algo/fedyolo_full.yaml", "fl.algo.schedule=sequential",
-                               "eval.every_rounds=1000", "fl.local.lr=3.0e-4"],
 }
 """Runs of ``python -m hpcfed.fl.fedyolo``: name → config words over ``configs/algo/fedyolo.yaml``."""
 
