@@ -371,7 +371,7 @@ def scaling_markdown(rows: Sequence[dict], fit: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def projection_markdown(fit: dict, bytes_rows: Sequence[dict], plot: Optional[str], clients_per_gpu: int = 16
+def projection_markdown(fit: dict, bytes_rows: Sequence[dict], plot: str | None, clients_per_gpu: int = 16
                         ) -> str:
     """Modelled weak-scaling round time and all-reduce share at 1..1024 GPUs for each payload."""
     a, b, t = fit["nccl_alpha_s"], fit["nccl_beta_s_per_byte"], fit["projection_client_s"]

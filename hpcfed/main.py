@@ -15,7 +15,6 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 
 from hpcfed.config import Config, ConfigError, load_config, save_config
 

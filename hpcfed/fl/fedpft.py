@@ -54,7 +54,6 @@ Choices where the paper (or this code base) leaves a detail open — all recorde
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
