@@ -49,13 +49,17 @@ def checkpoint_path(ckpt_dir: Path, round_idx: int) -> Path:
     return ckpt_dir / f"round-{round_idx:06d}.safetensors"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside folder ``path`` durable (fsync of the folder); a file system that cannot fsync a
+    folder is skipped silently."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -78,7 +82,7 @@ def save_checkpoint(ckpt_dir: Path, round_idx: int, tensors: dict[str, torch.Ten
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
     for old in list_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return path

@@ -32,20 +32,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hpcfed.checkpoint import fsync_dir
+
 _VERSION = re.compile(r"^r(\d{6,})\.safetensors$")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class ClientStateStore:
@@ -106,7 +95,7 @@ class ClientStateStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         self._remember((int(cid), int(round_idx)), cpu)
         return path
 
