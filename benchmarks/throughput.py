@@ -21,7 +21,7 @@ rounds 2..R are timed and every metric is the median over them:
   and ``overhead_frac = overhead_s / round_s`` (negative when the framework trains faster than the bare
   per-client loop, e.g. with client groups);
 * ``mfu_bf16`` / ``mfu_fp32``: model FLOPs on *useful* tokens per second / the matmul peak measured in this
-  process (timed large ``torch.matmul`` in bf16 and fp32). Useful FLOPs per sequence of length L are
+  run (timed large ``torch.matmul`` in bf16 and fp32 on every rank at once, summed over the ranks). Useful FLOPs per sequence of length L are
   ``c + a·L + b·L²``, fitted exactly to the FLOPs autograd executes for one forward+backward of single
   unpadded sequences (``torch.utils.flop_counter``), so frozen weights without weight gradients are not
   counted and padding never is;
@@ -284,6 +284,8 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
         if peak:
             peaks = {"peak_bf16_flops": matmul_peak(dev, torch.bfloat16),
                      "peak_fp32_flops": matmul_peak(dev, torch.float32)}
+            # the job's peak is every rank's device together (each rank measured its own, concurrently)
+            peaks = {k: sum(_gather(comm, v, dev)) for k, v in peaks.items()}
         c = cfg.fl.local
         per_round = []
         for r in range(1, rounds + 1):
