@@ -254,9 +254,11 @@ def _gather(comm, value: float, device: torch.device) -> list[float]:
 
 
 def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overrides: Sequence[str] = (),
-                  do_eval: bool = False, compute_baseline: bool = True, peak: bool = True) -> dict:
+                  do_eval: bool = False, compute_baseline: bool = True, peak: bool = True,
+                  eval_every: int = 0) -> dict:
     """Build hpcfed's loop for ``workload`` on this rank, run ``rounds`` rounds (round 1 = warm-up) and
-    return the metrics described in the module docstring (identical on every rank).
+    return the metrics described in the module docstring (identical on every rank). ``eval_every=K > 0`` also
+    records the test accuracy after every K-th round (``acc_curve``, outside the timed rounds).
 
     Raises:
         ValueError: ``rounds < 2`` (nothing would be timed).
@@ -288,6 +290,7 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
             peaks = {k: sum(_gather(comm, v, dev)) for k, v in peaks.items()}
         c = cfg.fl.local
         per_round = []
+        acc_curve = []
         for r in range(1, rounds + 1):
             _sync(dev)
             m = loop.run_round(r)
@@ -307,10 +310,13 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
             if compute_baseline and r > 1:
                 row["compute_s"] = max(_gather(comm, bare_compute(loop, r), dev))
             per_round.append(row)
+            if eval_every > 0 and r % eval_every == 0:
+                acc_curve.append([r, loop.evaluate_test().get("test_acc")])
         timed = per_round[1:]
         rs = median([x["round_s"] for x in timed])
         out = {
             "framework": "hpcfed", "workload": workload, "device": str(dev), "world_size": comm.world_size,
+            "processes": comm.world_size, "threads": torch.get_num_threads(),
             "overrides": list(overrides), "rounds": rounds, "timed_rounds": len(timed), "build_s": build_s,
             "cohort": cfg.fl.cohort_size, "local_steps": c.steps, "batch_size": c.batch_size, "bf16": c.bf16,
             "length_buckets": c.length_buckets, "trainable_params": loop.flat.numel,
@@ -333,10 +339,15 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
             out["compute_s"] = median([x["compute_s"] for x in timed])
             out["overhead_s"] = median([x["round_s"] - x["compute_s"] for x in timed])
             out["overhead_frac"] = median([(x["round_s"] - x["compute_s"]) / x["round_s"] for x in timed])
+        if acc_curve:
+            out["acc_curve"] = acc_curve
         if do_eval:
-            ev = loop.evaluate_test()
-            out["final_acc"] = ev.get("test_acc")
-            out["final_loss"] = ev.get("test_loss")
+            if acc_curve and acc_curve[-1][0] == rounds:
+                out["final_acc"] = acc_curve[-1][1]
+            else:
+                ev = loop.evaluate_test()
+                out["final_acc"] = ev.get("test_acc")
+                out["final_loss"] = ev.get("test_loss")
         out["peak_mem_mb"] = max(_gather(comm, peak_mem_mb(dev), dev))
         out["hardware"] = hardware_info(dev)
         out["per_round"] = per_round
@@ -375,12 +386,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra hpcfed config word (repeatable), e.g. fl.local.client_group_size=8")
     p.add_argument("--eval", action="store_true", help="test accuracy of the global model after the last round")
+    p.add_argument("--eval-every", type=int, default=0, metavar="K",
+                   help="also test accuracy after every K-th round (acc_curve; not in the round times)")
     p.add_argument("--no-compute-baseline", action="store_true", help="skip the bare-loop timing (overhead)")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak (MFU)")
     p.add_argument("--json", help="append the result as one JSON line to this file")
     a = p.parse_args(argv)
     r = run_benchmark(a.workload, rounds=a.rounds, device=a.device, overrides=a.overrides, do_eval=a.eval,
-                      compute_baseline=not a.no_compute_baseline, peak=not a.no_peak)
+                      compute_baseline=not a.no_compute_baseline, peak=not a.no_peak,
+                      eval_every=a.eval_every)
     if int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0"))) == 0:
         print(summary_line(r), file=sys.stderr)
         line = json.dumps(r)

@@ -34,10 +34,39 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def add_set_arg(parser) -> None:
-    """``--set key=value`` (repeatable): hpcfed config words changing the workload (smoke tests: smaller
-    cohort / fewer steps). The comparison itself runs the workload unchanged."""
+def add_common_args(parser, *, cohorts: bool = False) -> None:
+    """The arguments every comparison script shares: ``--workload``, ``--rounds``, ``--bf16``, ``--threads``,
+    ``--eval-every``, ``--set key=value`` (repeatable; hpcfed config words changing the workload, for smoke
+    tests: smaller cohort / fewer steps; the comparison itself runs the workload unchanged) and, for the
+    frameworks that sample their own cohorts (``cohorts=True``), ``--cohorts hpcfed|native``."""
+    parser.add_argument("--workload", default="text-bitfit", choices=["text-bitfit", "text-lora"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast in local training")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: all cores / processes on this node)")
+    parser.add_argument("--eval-every", type=int, default=0, metavar="K",
+                        help="also test accuracy after every K-th round (acc_curve; not in the round times)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    if cohorts:
+        parser.add_argument("--cohorts", choices=["hpcfed", "native"], default="hpcfed",
+                            help="hpcfed: train round r on hpcfed's cohort_for_round(seed, r) (same clients in "
+                                 "every framework, so accuracies are comparable); native: the framework's own "
+                                 "sampler")
+
+
+def default_threads(processes: int = 1) -> int:
+    """Cores of this node divided among ``processes`` processes (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def hpcfed_cohorts(cfg, num_clients: int):
+    """hpcfed's cohorts in round order: an endless iterator of ``cohort_for_round(seed, r, ...)``, r = 1, 2,
+    ... (lists of client ids, ascending)."""
+    from itertools import count
+
+    from hpcfed.fl.sampling import cohort_for_round
+
+    return (cohort_for_round(cfg.seed, r, num_clients, cfg.fl.cohort_size) for r in count(1))
 
 
 def setup(workload: str = "text-bitfit", overrides: Sequence[str] = (), threads: int | None = None):
@@ -152,7 +181,8 @@ def fedavg_(model: nn.Module, updates: Sequence[tuple[dict[str, torch.Tensor], f
 
 def report(framework: str, workload: str, round_s: Sequence[float], cohort: int, final_acc: float,
            startup_s: float, **extra) -> dict:
-    """Print and return the one JSON line of a framework run: medians over rounds 2..R."""
+    """Print and return the one JSON line of a framework run: medians over rounds 2..R (``extra`` may carry
+    ``acc_curve`` = [[round, accuracy], ...], ``processes``, ...)."""
     timed = list(round_s[1:]) if len(round_s) > 1 else list(round_s)
     med = statistics.median(timed)
     out = {"framework": framework, "workload": workload, "rounds": len(round_s), "round_s": med,

@@ -1,18 +1,22 @@
 """Flower (``flwr[simulation]`` 1.41) simulation of the workload: Message-API ``ServerApp`` + ``ClientApp``,
 ``FedAvg`` strategy, Ray simulation backend.
 
-``python -m benchmarks.compare.flower_bench [--workload text-bitfit] [--rounds 5] [--bf16]`` prints one JSON
-line (see :mod:`benchmarks.compare.common`). Run it with the compare venv's Python (flwr is not in the main
-venv).
+``python -m benchmarks.compare.flower_bench [--workload text-bitfit] [--rounds 5] [--bf16]
+[--cpus-per-client N]`` prints one JSON line (see :mod:`benchmarks.compare.common`). Run it with the compare
+venv's Python (flwr is not in the main venv).
 
 Idiomatic best setup (Flower's quickstart-pytorch / FlowerTune examples, 1.2x Message API): 100 virtual
 SuperNodes (``partition-id`` = hpcfed client id), ``FedAvg(fraction_train=0.16, fraction_evaluate=0)``
 weighted by ``num-examples`` (client sample counts, as hpcfed), only the trainable (PEFT + head) tensors travel
 in the ``ArrayRecord`` (as FlowerTune does for PEFT), the frozen backbone is built once per Ray worker and
-cached (not rebuilt per message), ``client_resources = {num_cpus: all cores}`` so one ClientApp trains at a
-time with every core (on 2 cores two concurrent clients of 1 thread each are not faster). Round times are the
-intervals between the strategy's ``evaluate_fn`` calls (it is called at round 0 and after every round);
-round 1 is the warm-up.
+cached (not rebuilt per message), ``client_resources = {num_cpus: --cpus-per-client}`` (default all cores:
+one ClientApp at a time with every core; ``--cpus-per-client 1``: one Ray actor per core training clients
+concurrently, each with one torch thread). With ``--cohorts hpcfed`` (default) the server first asks every
+node for its ``partition-id`` (one QUERY message each, before round 1) and then sends round r's training
+messages to the nodes of hpcfed's cohort r, so every framework trains the same clients; ``--cohorts native``
+keeps ``FedAvg``'s own random node sampling. Round times run from the end of one ``evaluate_fn`` call to the
+next (it is called at round 0 and after every round; test evaluations with ``--eval-every`` happen inside it
+and are not counted); round 1 is the warm-up.
 """
 
 from __future__ import annotations
@@ -29,23 +33,24 @@ from benchmarks.compare import common
 _CACHE: dict = {}
 
 
-def _worker_state(workload: str, overrides: tuple, bf16: bool):
+def _worker_state(workload: str, overrides: tuple, threads: int):
     """(cfg, dataset, model) built once per Ray worker process."""
     key = (workload, overrides)
     if key not in _CACHE:
-        torch.set_num_threads(os.cpu_count() or 1)
-        cfg, ds = common.setup(workload, list(overrides))
+        cfg, ds = common.setup(workload, list(overrides), threads=threads)
         _CACHE[key] = (cfg, ds, common.build_model(cfg, cfg.peft.method))
     return _CACHE[key]
 
 
-def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, stamps: list, result: dict):
-    """The (ServerApp, ClientApp) pair; ``stamps``/``result`` are filled by the server side."""
+def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, threads: int, cohorts: str,
+              eval_every: int, round_s: list, result: dict):
+    """The (ServerApp, ClientApp) pair; ``round_s``/``result`` are filled by the server side."""
     from flwr.app import (
         ArrayRecord,
         ConfigRecord,
         Context,
         Message,
+        MessageType,
         MetricRecord,
         RecordDict,
     )
@@ -57,9 +62,14 @@ def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, stamps: 
 
     client_app = ClientApp()
 
+    @client_app.query()
+    def query(msg: Message, context: Context):
+        pid = int(context.node_config["partition-id"])
+        return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
+
     @client_app.train()
     def train(msg: Message, context: Context):
-        cfg, ds, model = _worker_state(workload, overrides, bf16)
+        cfg, ds, model = _worker_state(workload, overrides, threads)
         c = cfg.fl.local
         sd = msg.content["arrays"].to_torch_state_dict()
         model.load_state_dict(sd, strict=False)  # only the trainable tensors travel
@@ -76,20 +86,50 @@ def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, stamps: 
 
     server_app = ServerApp()
 
+    class CohortFedAvg(FedAvg):
+        """FedAvg whose round-r training messages go to the nodes holding hpcfed's cohort r."""
+
+        def __init__(self, node_of_partition: dict[int, int], cohort_iter, **kw):
+            super().__init__(**kw)
+            self.node_of_partition, self.cohort_iter = node_of_partition, cohort_iter
+
+        def configure_train(self, server_round, arrays, config, grid):
+            config["server-round"] = server_round
+            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+            nodes = [self.node_of_partition[c] for c in next(self.cohort_iter)]
+            return self._construct_messages(record, nodes, MessageType.TRAIN)
+
     @server_app.main()
     def main(grid: Grid, context: Context):
-        cfg, ds, model = _worker_state(workload, overrides, bf16)
+        cfg, ds = common.setup(workload, list(overrides), threads=threads)  # the server's own copy, not the
+        model = common.build_model(cfg, cfg.peft.method)                     # ClientApps' cache
         n = ds.num_clients
-        strategy = FedAvg(fraction_train=cfg.fl.cohort_size / n, fraction_evaluate=0.0,
-                          min_train_nodes=cfg.fl.cohort_size, min_available_nodes=n)
+        kw = dict(fraction_train=cfg.fl.cohort_size / n, fraction_evaluate=0.0,
+                  min_train_nodes=cfg.fl.cohort_size, min_available_nodes=n)
+        if cohorts == "hpcfed":
+            while len(list(grid.get_node_ids())) < n:
+                time.sleep(0.1)
+            replies = grid.send_and_receive([Message(content=RecordDict({}), message_type=MessageType.QUERY,
+                                                     dst_node_id=node) for node in grid.get_node_ids()])
+            mapping = {int(r.content["metrics"]["partition-id"]): r.metadata.src_node_id for r in replies}
+            strategy = CohortFedAvg(mapping, common.hpcfed_cohorts(cfg, n), **kw)
+        else:
+            strategy = FedAvg(**kw)
+        test = ds.load_test()
+        last = [0.0]
 
         def evaluate_fn(server_round: int, arrays):
-            stamps.append(time.perf_counter())
             if server_round > 0:
-                print(f"round {server_round}: {stamps[-1] - stamps[-2]:.2f} s", file=sys.stderr)
-            if server_round == rounds:
-                model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-                result["final_acc"] = common.accuracy(model, ds.load_test())
+                round_s.append(time.perf_counter() - last[0])
+                print(f"round {server_round}: {round_s[-1]:.2f} s", file=sys.stderr)
+                if server_round == rounds or (eval_every and server_round % eval_every == 0):
+                    model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+                    acc = common.accuracy(model, test)
+                    result.setdefault("acc_curve", []).append([server_round, acc])
+                    result["final_acc"] = acc
+            else:
+                result["startup_end"] = time.perf_counter()
+            last[0] = time.perf_counter()
             return MetricRecord({})
 
         strategy.start(grid=grid, initial_arrays=ArrayRecord(common.trainable_state(model)), num_rounds=rounds,
@@ -100,30 +140,37 @@ def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, stamps: 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", default="text-bitfit", choices=["text-bitfit", "text-lora"])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the ClientApp's training")
-    common.add_set_arg(p)
+    common.add_common_args(p, cohorts=True)
+    p.add_argument("--cpus-per-client", type=int, default=None,
+                   help="Ray client_resources num_cpus (default: all cores, one client at a time)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     os.environ["PYTHONPATH"] = repo + os.pathsep + os.environ.get("PYTHONPATH", "")  # Ray workers import us
     from flwr.simulation import run_simulation
 
-    cfg, ds = common.setup(a.workload, a.overrides)
-    stamps: list[float] = []
-    result: dict = {}
-    server_app, client_app = make_apps(a.workload, tuple(a.overrides), a.rounds, a.bf16, stamps, result)
     ncpu = os.cpu_count() or 1
+    cpus = a.cpus_per_client or ncpu
+    threads = a.threads or cpus
+    cfg, ds = common.setup(a.workload, a.overrides, threads=threads)
+    round_s: list[float] = []
+    result: dict = {}
+    # make_apps of the importable module, not of __main__: Ray pickles __main__'s functions by value, with
+    # the globals they use (the ClientApps' cache)
+    from benchmarks.compare.flower_bench import make_apps
+
+    server_app, client_app = make_apps(a.workload, tuple(a.overrides), a.rounds, a.bf16, threads, a.cohorts,
+                                       a.eval_every, round_s, result)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=ds.num_clients,
-                   backend_config={"client_resources": {"num_cpus": ncpu, "num_gpus": 0.0},
+                   backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": ncpu, "include_dashboard": False}})
     total = time.perf_counter() - t0
-    round_s = [b - x for x, b in zip(stamps, stamps[1:])]
-    startup = (stamps[0] - t0) if stamps else total
-    common.report("flower" + ("-bf16" if a.bf16 else ""), a.workload, round_s, cfg.fl.cohort_size,
-                  result.get("final_acc", float("nan")), startup, total_s=total,
-                  flwr_version=__import__("flwr").__version__)
+    startup = result.get("startup_end", time.perf_counter()) - t0
+    label = "flower" + (f"-{ncpu // cpus}w" if cpus < ncpu else "") + ("-bf16" if a.bf16 else "")
+    common.report(label, a.workload, round_s, cfg.fl.cohort_size, result.get("final_acc", float("nan")),
+                  startup, total_s=total, acc_curve=[c for c in result.get("acc_curve", [])
+                                                      if a.eval_every and c[0] % a.eval_every == 0],
+                  processes=ncpu // cpus, cohorts=a.cohorts, flwr_version=__import__("flwr").__version__)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Plain PyTorch FedAvg loop: ``copy.deepcopy`` of the global model per client, AdamW, weighted average.
 
-``python -m benchmarks.compare.plain_torch [--workload text-bitfit] [--rounds 5] [--bf16]`` prints one JSON
-line (see :mod:`benchmarks.compare.common`). The cohorts are hpcfed's (``cohort_for_round(seed, r, ...)``).
+``python -m benchmarks.compare.plain_torch [--workload text-bitfit] [--rounds 5] [--bf16] [--threads N]``
+prints one JSON line (see :mod:`benchmarks.compare.common`). The cohorts are hpcfed's
+(``cohort_for_round(seed, r, ...)``). One process: a plain loop has no multi-process mode.
 """
 
 from __future__ import annotations
@@ -18,24 +19,22 @@ from benchmarks.compare import common
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", default="text-bitfit", choices=["text-bitfit", "text-lora"])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in local training")
-    common.add_set_arg(p)
+    common.add_common_args(p)
     a = p.parse_args(argv)
-    from hpcfed.fl.sampling import client_seed, cohort_for_round
+    from hpcfed.fl.sampling import client_seed
 
     t0 = time.perf_counter()
-    cfg, ds = common.setup(a.workload, a.overrides)
+    cfg, ds = common.setup(a.workload, a.overrides, threads=a.threads)
     model = common.build_model(cfg, cfg.peft.method)
     test = ds.load_test()
     c = cfg.fl.local
     startup = time.perf_counter() - t0
-    round_s = []
+    round_s, acc_curve = [], []
+    cohorts = common.hpcfed_cohorts(cfg, ds.num_clients)
     for r in range(1, a.rounds + 1):
         t = time.perf_counter()
         updates = []
-        for cid in cohort_for_round(cfg.seed, r, ds.num_clients, cfg.fl.cohort_size):
+        for cid in next(cohorts):
             data = ds.load_client(cid)
             local = copy.deepcopy(model)
             seed = client_seed(cfg.seed, r, cid)
@@ -46,9 +45,11 @@ def main(argv=None) -> int:
         common.fedavg_(model, updates)
         round_s.append(time.perf_counter() - t)
         print(f"round {r}: {round_s[-1]:.2f} s", file=sys.stderr)
-    acc = common.accuracy(model, test)
+        if a.eval_every and r % a.eval_every == 0:
+            acc_curve.append([r, common.accuracy(model, test)])
+    acc = acc_curve[-1][1] if acc_curve and acc_curve[-1][0] == a.rounds else common.accuracy(model, test)
     common.report("plain-pytorch" + ("-bf16" if a.bf16 else ""), a.workload, round_s, cfg.fl.cohort_size, acc,
-                  startup)
+                  startup, acc_curve=acc_curve, processes=1)
     return 0
 
 

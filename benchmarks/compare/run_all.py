@@ -24,22 +24,40 @@ from pathlib import Path
 WORKLOADS = ("text-bitfit", "text-lora")
 
 
-def entries(workload: str, rounds: int, group_size: int | None) -> list[tuple[str, str, list[str]]]:
-    """(label, python kind 'main'|'compare', module args) of one workload's rows, in run order."""
+MPIRUN = ["mpirun", "-n", "2", "--oversubscribe"]
+TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+
+
+def entries(workload: str, rounds: int, group_size: int | None, eval_every: int = 0
+            ) -> list[tuple[str, str, list[str]]]:
+    """(label, launcher, arguments after ``python``) of one workload's rows, in run order.
+
+    launcher: 'main' (this Python), 'compare' (the compare venv's Python), 'mpirun' (``mpirun -n 2`` of this
+    Python), 'torchrun' (``torch.distributed.run --nproc_per_node 2`` of the compare Python). Rows ending in
+    ``-2r``/``-2p``/``-2w`` use two processes (ranks / torchrun workers / Ray actors) of one thread each: on a
+    2-core machine every framework gets the same two cores, one process per core.
+    """
     r = str(rounds)
+    ev = ["--eval-every", str(eval_every)] if eval_every else []
+    hp = ["-m", "benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval", *ev,
+          "--set", "fl.local.bf16=true"]
+    one_thread = ["--set", "dist.num_threads=1"]
+    fw = ["--workload", workload, "--rounds", r, *ev]
     rows = [
-        ("hpcfed", "main", ["benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval",
-                            "--set", "fl.local.bf16=true"]),
-        ("plain-pytorch", "main", ["benchmarks.compare.plain_torch", "--workload", workload, "--rounds", r]),
-        ("pfl-research", "compare", ["benchmarks.compare.pfl_bench", "--workload", workload, "--rounds", r]),
-        ("flower", "compare", ["benchmarks.compare.flower_bench", "--workload", workload, "--rounds", r]),
-        ("hpcfed-fp32", "main", ["benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval",
+        ("hpcfed", "main", hp),
+        ("hpcfed-2r", "mpirun", hp + one_thread),
+        ("plain-pytorch", "main", ["-m", "benchmarks.compare.plain_torch", *fw]),
+        ("pfl-research", "compare", ["-m", "benchmarks.compare.pfl_bench", *fw]),
+        ("pfl-research-2p", "torchrun", ["-m", "benchmarks.compare.pfl_bench", *fw, "--threads", "1"]),
+        ("flower", "compare", ["-m", "benchmarks.compare.flower_bench", *fw]),
+        ("flower-2w", "compare", ["-m", "benchmarks.compare.flower_bench", *fw, "--cpus-per-client", "1"]),
+        ("hpcfed-fp32", "main", ["-m", "benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval",
                                  "--no-compute-baseline", "--set", "fl.local.bf16=false"]),
     ]
     if group_size and group_size > 1:
-        rows.insert(1, (f"hpcfed-G{group_size}", "main", [
-            "benchmarks.throughput", "--workload", workload, "--rounds", r, "--eval", "--set", "fl.local.bf16=true",
-            "--set", f"fl.local.client_group_size={group_size}"]))
+        g = ["--set", f"fl.local.client_group_size={group_size}"]
+        rows.insert(2, (f"hpcfed-2r-G{group_size}", "mpirun", hp + one_thread + g))
+        rows.insert(1, (f"hpcfed-G{group_size}", "main", hp + g))
     return rows
 
 
@@ -50,12 +68,22 @@ def _uptime() -> str:
         return ""
 
 
-def run_entry(label: str, python: str, args: list[str], timeout_s: float) -> dict:
+def command(launcher: str, args: list[str], compare_python: str) -> list[str]:
+    """The argv of one entry (see :func:`entries`)."""
+    if launcher == "mpirun":
+        return [*MPIRUN, sys.executable, *args]
+    if launcher == "torchrun":
+        return [compare_python, *TORCHRUN, *args]
+    return [compare_python if launcher == "compare" else sys.executable, *args]
+
+
+def run_entry(label: str, argv: list[str], timeout_s: float) -> dict:
     """Run one entry; its last stdout line that parses as JSON is the result (or an error record)."""
     before = _uptime()
     t0 = time.perf_counter()
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     try:
-        p = subprocess.run([python, "-m", *args], capture_output=True, text=True, timeout=timeout_s)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env)
         out, err, rc = p.stdout, p.stderr, p.returncode
     except subprocess.TimeoutExpired as e:
         out, err, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), \
@@ -70,7 +98,7 @@ def run_entry(label: str, python: str, args: list[str], timeout_s: float) -> dic
             continue
     if res is None:
         res = {"error": f"rc={rc}: " + " | ".join(err.strip().splitlines()[-3:])}
-    res.update(label=label, wall_s=wall, uptime_before=before, uptime_after=_uptime(), cmd=" ".join(args))
+    res.update(label=label, wall_s=wall, uptime_before=before, uptime_after=_uptime(), cmd=" ".join(argv))
     res.pop("per_round", None)
     return res
 
@@ -79,26 +107,58 @@ def _fmt(x, spec=".2f"):
     return "—" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
 
 
+FAMILIES = ("hpcfed", "plain-pytorch", "pfl-research", "flower")
+
+
+def family(label: str) -> str:
+    """The framework a row label belongs to ('hpcfed-2r-G8' → 'hpcfed')."""
+    return next((f for f in FAMILIES if label == f or label.startswith(f + "-")), label)
+
+
+def _best(rows: list[dict], fam: str, *, exclude: tuple[str, ...] = ()) -> dict | None:
+    """The fastest row (client updates/s) of framework ``fam``."""
+    cand = [r for r in rows if family(r["label"]) == fam and r["label"] not in exclude]
+    return max(cand, key=lambda r: r["client_updates_per_s"]) if cand else None
+
+
+def _acc(r: dict) -> str:
+    return f"{_fmt(100 * r['final_acc'] if r.get('final_acc') is not None else None, '.2f')}%"
+
+
 def table(results: list[dict]) -> str:
-    """Markdown table per workload: s/round, client updates/s, hpcfed's ratio over each row, accuracy."""
+    """Markdown table per workload: s/round, client updates/s, the fastest hpcfed row's ratio over each row,
+    accuracy; then the accuracy curves of the rows that recorded one."""
     lines = []
     for wl in WORKLOADS:
         rows = [r for r in results if r.get("workload") == wl and "error" not in r]
         if not rows:
             continue
-        ref = next((r for r in rows if r["label"] == "hpcfed"), None)
+        ref = _best(rows, "hpcfed", exclude=("hpcfed-fp32",))
         lines += [f"**{wl}**", "",
-                  "| framework | s/round (median r2..R) | client updates/s | hpcfed × faster | dev acc after R "
-                  "| start-up s | load avg (1 min, before→after) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| framework | processes × threads | s/round (median r2..R) | client updates/s | "
+                  f"{ref['label'] if ref else 'hpcfed'} × faster | dev acc after R | start-up s "
+                  "| load avg (1 min, before→after) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ratio = ref["client_updates_per_s"] / r["client_updates_per_s"] if ref else None
             la = [u.split("load average:")[-1].split(",")[0].strip() for u in (r["uptime_before"], r["uptime_after"])]
             startup = r.get("startup_s", r.get("build_s"))
-            lines.append(f"| {r['label']} | {_fmt(r['round_s'])} | {_fmt(r['client_updates_per_s'], '.3f')} | "
-                         f"{_fmt(ratio)} | {_fmt(100 * r['final_acc'] if r.get('final_acc') is not None else None, '.2f')}% "
+            procs = r.get("processes", r.get("world_size", 1))
+            lines.append(f"| {r['label']} | {procs} × {r.get('threads', '?')} | {_fmt(r['round_s'])} | "
+                         f"{_fmt(r['client_updates_per_s'], '.3f')} | {_fmt(ratio)} | {_acc(r)} "
                          f"| {_fmt(startup, '.1f')} | {la[0]}→{la[1]} |")
         lines.append("")
+        curves = [r for r in rows if r.get("acc_curve")]
+        if curves:
+            rounds = sorted({c[0] for r in curves for c in r["acc_curve"]})
+            lines += [f"{wl}: SST-2 dev accuracy (%) after round", "",
+                      "| framework | " + " | ".join(str(x) for x in rounds) + " |",
+                      "|---|" + "---|" * len(rounds)]
+            for r in curves:
+                got = {c[0]: c[1] for c in r["acc_curve"]}
+                lines.append(f"| {r['label']} | " + " | ".join(
+                    _fmt(100 * got[x] if x in got else None, '.2f') for x in rounds) + " |")
+            lines.append("")
     errs = [r for r in results if "error" in r]
     for r in errs:
         lines.append(f"- {r['label']} ({r.get('cmd', '')}): {r['error']}")
@@ -106,21 +166,23 @@ def table(results: list[dict]) -> str:
 
 
 def targets(results: list[dict]) -> str:
-    """Markdown list: each target of the issue met/missed with the measured numbers (best hpcfed row)."""
+    """Markdown list: each target of the issue met/missed with the measured numbers: the fastest hpcfed row
+    against the fastest row of every other framework (each framework's best setup)."""
     out = []
     for wl in WORKLOADS:
-        rows = {r["label"]: r for r in results if r.get("workload") == wl and "error" not in r}
-        hp = [r for k, r in rows.items() if k.startswith("hpcfed") and k != "hpcfed-fp32"]
-        if not hp:
+        rows = [r for r in results if r.get("workload") == wl and "error" not in r]
+        best = _best(rows, "hpcfed", exclude=("hpcfed-fp32",))
+        if best is None:
             continue
-        best = max(hp, key=lambda r: r["client_updates_per_s"])
+        hp = [r for r in rows if family(r["label"]) == "hpcfed" and r["label"] != "hpcfed-fp32"]
         for other in ("pfl-research", "flower", "plain-pytorch"):
-            if other in rows:
-                ratio = best["client_updates_per_s"] / rows[other]["client_updates_per_s"]
-                dacc = 100 * (best.get("final_acc", float("nan")) - rows[other].get("final_acc", float("nan")))
+            o = _best(rows, other)
+            if o is not None:
+                ratio = best["client_updates_per_s"] / o["client_updates_per_s"]
+                dacc = 100 * (best.get("final_acc", float("nan")) - o.get("final_acc", float("nan")))
                 need = other != "plain-pytorch"
                 verdict = ("**met**" if ratio >= 3 else "**missed**") if need else "(reference)"
-                out.append(f"- {wl}: client updates/s {best['label']} / {other} = {ratio:.2f}× {verdict} "
+                out.append(f"- {wl}: client updates/s {best['label']} / {o['label']} = {ratio:.2f}× {verdict} "
                            f"(target ≥ 3×); accuracy difference {dacc:+.2f} points after {best['rounds']} rounds")
         for r in hp:
             if "mfu_bf16" in r:
@@ -175,6 +237,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare-python", default=os.environ.get("HPCFED_COMPARE_PYTHON", "/work/compare-venv/bin/python"))
     p.add_argument("--group-size", type=int, default=None,
                    help="also run hpcfed with fl.local.client_group_size=G (needs the client-parallel path)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="K",
+                   help="every row also records its test accuracy after every K-th round (acc_curve)")
     p.add_argument("--out", default="runs/bench/compare.jsonl")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per entry")
     p.add_argument("--table", metavar="JSONL", help="only print the markdown table of this results file")
@@ -191,14 +255,14 @@ def main(argv=None) -> int:
             fill_docs(Path(a.docs), rows, rd(a.scaling_md), rd(a.projection_md))
         return 0
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    pythons = {"main": sys.executable, "compare": a.compare_python}
     done = []
     for wl in a.workloads:
-        for label, kind, args in entries(wl, a.rounds, a.group_size):
+        for label, launcher, args in entries(wl, a.rounds, a.group_size, a.eval_every):
             if a.only and label not in a.only:
                 continue
-            print(f"[run_all] {wl} {label}: {' '.join(args)}", file=sys.stderr, flush=True)
-            res = run_entry(label, pythons[kind], args, a.timeout)
+            argv = command(launcher, args, a.compare_python)
+            print(f"[run_all] {wl} {label}: {' '.join(argv)}", file=sys.stderr, flush=True)
+            res = run_entry(label, argv, a.timeout)
             res.setdefault("workload", wl)
             done.append(res)
             with open(a.out, "a", encoding="utf-8") as fh:

@@ -149,3 +149,19 @@ def test_targets_verdicts_from_results():
     assert "hpcfed-G8 / flower = 2.00× **missed**" in text
     assert "20.0% of the measured bf16 matmul peak (300 GFLOP/s) **missed**" in text
     assert "4.0% of the round **met**" in text
+
+
+def test_targets_compare_each_frameworks_fastest_setup():
+    """A framework's multi-process row counts when it is its fastest; hpcfed-fp32 never is hpcfed's best."""
+    from benchmarks.compare.run_all import family, targets
+
+    def row(label, ups, acc=0.8):
+        return {"label": label, "workload": "text-lora", "client_updates_per_s": ups, "final_acc": acc, "rounds": 30}
+
+    assert family("hpcfed-2r-G8") == "hpcfed" and family("pfl-research-2p") == "pfl-research"
+    text = targets([row("hpcfed", 2.0), row("hpcfed-fp32", 9.0), row("hpcfed-2r", 3.0, 0.85),
+                    row("pfl-research", 0.5), row("pfl-research-2p", 1.5, 0.84), row("flower", 0.6),
+                    row("flower-2w", 0.75)])
+    assert "hpcfed-2r / pfl-research-2p = 2.00× **missed**" in text
+    assert "accuracy difference +1.00 points after 30 rounds" in text
+    assert "hpcfed-2r / flower-2w = 4.00× **met**" in text
