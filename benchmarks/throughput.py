@@ -83,11 +83,14 @@ def seq_flops(coef: tuple[float, float, float], lengths: torch.Tensor) -> float:
     return float((c + a * L + b * L * L).sum())
 
 
-def token_counts(lengths: torch.Tensor | None, batches: Sequence[torch.Tensor], buckets: int
-                 ) -> tuple[int, int, int]:
-    """(samples, real tokens, computed tokens) of local ``batches`` (index tensors) split into ``buckets``
-    length-sorted micro-batches, each padded to its own longest sequence (as
+def token_counts(lengths: torch.Tensor | None, batches: Sequence[torch.Tensor], buckets: int,
+                 packing: bool = False) -> tuple[int, int, int]:
+    """(samples, real tokens, computed tokens) of local ``batches`` (index tensors): packed into rows no
+    longer than the batch's longest sequence (``packing``, as :func:`hpcfed.models.packing.pack_sequences`),
+    or split into ``buckets`` length-sorted micro-batches, each padded to its own longest sequence (as
     :func:`hpcfed.fl.client.length_buckets` + ``batch_to`` do). Images (``lengths`` None): tokens are 0."""
+    from hpcfed.models.packing import pack_rows
+
     samples = sum(len(b) for b in batches)
     if lengths is None:
         return samples, 0, 0
@@ -95,6 +98,11 @@ def token_counts(lengths: torch.Tensor | None, batches: Sequence[torch.Tensor], 
     for idx in batches:
         ls = lengths[idx]
         real += int(ls.sum())
+        if packing:
+            lst = [int(v) for v in ls.tolist()]
+            rows = pack_rows(lst, max(lst))
+            padded += len(rows) * max(sum(lst[i] for i in r) for r in rows)
+            continue
         if buckets <= 1 or len(idx) <= 1:
             padded += int(ls.max()) * len(idx)
             continue
@@ -220,6 +228,7 @@ def bare_compute(loop, round_idx: int) -> float:
     from hpcfed.fl.client import autocast_ctx, batch_to, length_buckets
 
     c, model, flat, dev = loop.cfg.fl.local, loop.model, loop.flat, loop.device
+    pack = loop.trainer.pack
     saved = flat.data.clone()
     m, v = torch.zeros_like(flat.data), torch.zeros_like(flat.data)
     work = [_client_batches(loop, cid, round_idx) for cid in loop.my_clients(round_idx)]  # data loaded already
@@ -232,10 +241,10 @@ def bare_compute(loop, round_idx: int) -> float:
         v.zero_()
         for step, idx in enumerate(batches, start=1):
             flat.zero_grad()
-            for part in length_buckets(data, idx, c.length_buckets):
+            for part in ([idx] if pack else length_buckets(data, idx, c.length_buckets)):
                 x, y, ln = batch_to(data, part, dev)
                 with autocast_ctx(dev, c.bf16):
-                    logits = model(x, ln)
+                    logits = model(x, ln, pack=True) if pack else model(x, ln)
                 (F.cross_entropy(logits.float(), y) * (len(part) / len(idx))).backward()
             kernels.masked_adamw_step(flat.data, flat.grad, m, v, lr=c.lr, beta1=c.beta1, beta2=c.beta2,
                                       eps=c.eps, weight_decay=c.weight_decay, step=step, mask=None,
@@ -289,6 +298,7 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
             # the job's peak is every rank's device together (each rank measured its own, concurrently)
             peaks = {k: sum(_gather(comm, v, dev)) for k, v in peaks.items()}
         c = cfg.fl.local
+        grouped = loop.group_trainer is not None  # the client-parallel path pads (length buckets)
         per_round = []
         acc_curve = []
         for r in range(1, rounds + 1):
@@ -299,7 +309,8 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
             flops = 0.0
             for cid in loop.my_clients(r):
                 data, batches = _client_batches(loop, cid, r)
-                s, t, p = token_counts(data.lengths, batches, c.length_buckets)
+                s, t, p = token_counts(data.lengths, batches, c.length_buckets,
+                                       packing=loop.trainer.pack and not grouped)
                 samples, real, padded = samples + s, real + t, padded + p
                 flops += sum(seq_flops(coef, data.lengths[b]) for b in batches) if data.lengths is not None \
                     else coef[0] * s
@@ -319,7 +330,8 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
             "processes": comm.world_size, "threads": torch.get_num_threads(),
             "overrides": list(overrides), "rounds": rounds, "timed_rounds": len(timed), "build_s": build_s,
             "cohort": cfg.fl.cohort_size, "local_steps": c.steps, "batch_size": c.batch_size, "bf16": c.bf16,
-            "length_buckets": c.length_buckets, "trainable_params": loop.flat.numel,
+            "length_buckets": c.length_buckets, "packing": loop.trainer.pack and not grouped,
+            "trainable_params": loop.flat.numel,
             "client_group_size": getattr(c, "client_group_size", 1),
             "round_s": rs, "round_s_all": [x["round_s"] for x in per_round],
             "client_updates_per_s": median([x["clients"] / x["round_s"] for x in timed]),

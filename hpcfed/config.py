@@ -263,9 +263,15 @@ class LocalConfig:
     """Logit-adjusted local loss for label skew: CE(logits + τ·log p_client) with the client's smoothed label
     prior p_client (Menon et al., ICLR 2021; in FL: Zhang et al., FedLC, ICML 2022). 0 is plain CE.
     Evaluation always uses the plain logits."""
+    packing: bool = True
+    """Text: run each batch padding-free: its sequences are packed into rows no longer than its longest
+    sequence, with restarted position ids and block-diagonal attention (hpcfed/models/packing.py). Exact up to
+    fp reduction order (dropout draws differ from the padded path's). Falls back to ``length_buckets``, with one
+    log line, for backbones it does not know and for soft prompts."""
     length_buckets: int = 4
-    """Text: split each batch, sorted by length, into this many micro-batches, each padded only to its own
-    longest sequence, and sum their gradients (exact: padding is masked). 1 pads the whole batch."""
+    """Text, without packing: split each batch, sorted by length, into this many micro-batches, each padded
+    only to its own longest sequence, and sum their gradients (exact: padding is masked). 1 pads the whole
+    batch."""
     compile: bool = False
     """torch.compile the model for local training (dynamic shapes; the first steps compile; needs a C++
     compiler on CPU)."""

@@ -9,6 +9,7 @@ any rank gives the same update.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from hpcfed import kernels
 from hpcfed.config import LocalConfig
 from hpcfed.data import ClientData
 from hpcfed.peft import FlatParams, is_head
+
+log = logging.getLogger("hpcfed.fl")
 
 GradHook = Callable[[FlatParams], None]
 
@@ -78,6 +81,24 @@ def local_batches(n: int, batch_size: int, *, epochs: int, steps: Optional[int],
     return list(stream.view(steps, bs))
 
 
+_PACKING_WARNED: set[str] = set()
+
+
+def packing_supported(model: nn.Module, where: str) -> bool:
+    """Whether ``model`` can run packed text batches (``fl.local.packing``); logs once per reason why not.
+
+    Image models and models without a text backbone answer False silently (nothing to pack).
+    """
+    check = getattr(model, "packing_unsupported", None)
+    if check is None:
+        return False
+    reason = check()
+    if reason is not None and reason not in _PACKING_WARNED:
+        _PACKING_WARNED.add(reason)
+        log.warning("fl.local.packing: %s: %s; using length buckets for %s", type(model).__name__, reason, where)
+    return reason is None
+
+
 def length_buckets(data: ClientData, idx: torch.Tensor, buckets: int) -> list[torch.Tensor]:
     """Split batch ``idx`` into at most ``buckets`` micro-batches of similar length (text only).
 
@@ -110,6 +131,7 @@ class LocalTrainer:
         self.kernel_backend = kernel_backend
         self.forward = torch.compile(model, dynamic=True) if cfg.compile else model
         self.cache_features = head_only and cfg.cache_frozen_features
+        self.pack = cfg.packing and packing_supported(model, "local training")
         self._features: OrderedDict[int, tuple[ClientData, torch.Tensor]] = OrderedDict()
         n = flat.numel
         self.exp_avg = torch.zeros(n, device=device)
@@ -209,14 +231,16 @@ class LocalTrainer:
         for step, idx in enumerate(batches, start=1):
             self.flat.zero_grad()
             loss = torch.zeros((), device=self.device)
-            for part in (length_buckets(data, idx, c.length_buckets) if feats is None else [idx]):
+            pack = self.pack and data.lengths is not None
+            parts = [idx] if feats is not None or pack else length_buckets(data, idx, c.length_buckets)
+            for part in parts:
                 if feats is not None:  # head only: the backbone's cached features
                     y = data.y[part].to(self.device)
                     logits = self.model.head(self.model.dropout(feats[part.to(self.device)]))
                 else:
                     x, y, lengths = batch_to(data, part, self.device)
                     with autocast_ctx(self.device, c.bf16):
-                        logits = self.forward(x, lengths)
+                        logits = self.forward(x, lengths, pack=True) if pack else self.forward(x, lengths)
                 # mean over the whole batch = sum over micro-batches of (size share × their mean)
                 logits = logits.float() if adjust is None else logits.float() + adjust
                 part_loss = F.cross_entropy(logits, y) * (len(part) / len(idx))

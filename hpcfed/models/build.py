@@ -22,10 +22,17 @@ import torch
 from torch import nn
 
 from hpcfed.config import ConfigError, ModelConfig
+from hpcfed.models.packing import pack_sequences
 
 
 class ModelError(ValueError):
     """A model that cannot be built from the config (missing path, unknown architecture)."""
+
+
+# First position id of a packed sequence per transformers model_type (None: pad_token_id + 1, RoBERTa style).
+_PACK_POSITION_OFFSET: dict[str, Optional[int]] = {
+    "bert": 0, "electra": 0, "roberta": None, "xlm-roberta": None, "camembert": None,
+}
 
 
 class TextClassifier(nn.Module):
@@ -48,14 +55,47 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.config.hidden_size, num_classes)
 
+    def packing_unsupported(self) -> Optional[str]:
+        """Why :meth:`features` cannot pack sequences (``pack=True``) for this backbone, or None if it can.
+
+        Packing needs absolute position ids that the caller may set (BERT, ELECTRA: 0, 1, ...; RoBERTa family:
+        padding_idx + 1, ...) and no soft prompts (peft prompt learning prepends virtual tokens to every row).
+        """
+        conf = getattr(self.backbone, "config", None)
+        mtype = getattr(conf, "model_type", None)
+        if getattr(getattr(self.backbone, "active_peft_config", None), "is_prompt_learning", False):
+            return "soft prompts prepend virtual tokens to every row"
+        if mtype not in _PACK_POSITION_OFFSET:
+            return f"backbone model_type {mtype!r} (packing knows {', '.join(sorted(_PACK_POSITION_OFFSET))})"
+        if getattr(conf, "position_embedding_type", "absolute") != "absolute":
+            return f"position_embedding_type={conf.position_embedding_type!r} (needs 'absolute')"
+        return None
+
+    def _packed_features(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        conf = self.backbone.config
+        offset = _PACK_POSITION_OFFSET[conf.model_type]
+        if offset is None:  # RoBERTa family: positions start after the padding index
+            offset = conf.pad_token_id + 1
+        pb = pack_sequences(x, lengths.to(x.device), position_offset=offset)
+        h = self.backbone(input_ids=pb.input_ids, attention_mask=pb.attention_mask(),
+                          position_ids=pb.position_ids, token_type_ids=torch.zeros_like(pb.input_ids)
+                          ).last_hidden_state  # (R, T, D)
+        return pb.pool_first(h) if self.pooling == "cls" else pb.pool_mean(h)
+
     def features(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
-                 compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                 compute_dtype: Optional[torch.dtype] = None, pack: bool = False) -> torch.Tensor:
         """Pooled features (B, D) in the backbone's compute dtype.
 
         ``compute_dtype`` is set by the client-parallel trainer (:mod:`hpcfed.fl.parallel`, under
         ``torch.func.vmap``): ``x`` is used as given (no data-dependent trimming) and the padding mask is
         passed as a 4-D additive mask of that dtype, which transformers uses as is.
+
+        ``pack=True`` (with ``lengths``; see :meth:`packing_unsupported`) runs the batch padding-free: the
+        sequences are packed into rows with block-diagonal attention (:mod:`hpcfed.models.packing`); the
+        result equals the padded path's up to fp reduction order.
         """
+        if pack and lengths is not None and compute_dtype is None:
+            return self._packed_features(x.long(), lengths)
         x = x.long()
         if lengths is None:
             attn = torch.ones_like(x)
@@ -76,9 +116,9 @@ class TextClassifier(nn.Module):
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None, *,
-                compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                compute_dtype: Optional[torch.dtype] = None, pack: bool = False) -> torch.Tensor:
         """Logits (B, K) (float, or ``compute_dtype``; see :meth:`features`)."""
-        f = self.features(x, lengths, compute_dtype=compute_dtype)
+        f = self.features(x, lengths, compute_dtype=compute_dtype, pack=pack)
         return self.head(self.dropout(f))
 
 

@@ -44,6 +44,8 @@ def test_token_counts_buckets_by_hand():
     # one bucket: whole batch padded to its longest: 4·5 + 2·7
     assert token_counts(lengths, batches, 1) == (6, 25, 34)
     assert token_counts(None, batches, 4) == (6, 0, 0)
+    # packing, capacity = longest: batch 1 [5], [3+2+1=6 > 5 → 3+2], [1] → 3 rows × 5; batch 2: 2 rows × 7
+    assert token_counts(lengths, batches, 2, packing=True) == (6, 25, 15 + 14)
 
 
 def test_fit_seq_flops_recovers_quadratic():

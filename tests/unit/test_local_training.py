@@ -1,4 +1,4 @@
-"""Local training paths that must equal the plain path: length-bucketed micro-batches."""
+"""Local training paths that must equal the plain path: length-bucketed micro-batches, packed sequences."""
 
 import torch
 
@@ -9,10 +9,11 @@ from hpcfed.peft import apply_peft
 from tests.conftest import tiny_model_args, toy_client_data
 
 
-def _train(buckets, method="bias"):
+def _train(buckets, method="bias", packing=False):
     cfg = load_config(tiny_model_args("hf_text") + [f"peft.method={method}", "model.dropout=0.0",
                                                     "fl.local.steps=4", "fl.local.batch_size=16",
                                                     f"fl.local.length_buckets={buckets}",
+                                                    f"fl.local.packing={str(packing).lower()}",
                                                     # SGD: Adam's m/sqrt(v) turns fp noise in near-zero
                                                     # gradients into lr-sized steps, hiding the comparison
                                                     "fl.local.optimizer=sgd", "fl.local.lr=0.5"])
@@ -22,7 +23,9 @@ def _train(buckets, method="bias"):
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     flat = apply_peft(model, cfg.peft)
-    res = LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu")).train(toy_client_data("hf_text"), 3)
+    trainer = LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu"))
+    assert trainer.pack == (packing and method != "prompt")
+    res = trainer.train(toy_client_data("hf_text"), 3)
     return flat.data.clone(), res
 
 
@@ -43,6 +46,19 @@ def test_bucketed_training_equals_plain():
         b, rb = _train(4, method)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert abs(ra.loss_sum - rb.loss_sum) < 1e-4 * abs(ra.loss_sum)
+
+
+def test_packed_training_equals_plain():
+    """fl.local.packing: padding-free rows with block-diagonal attention train exactly like padded batches
+    (BitFit, LoRA, adapters, full); soft prompts fall back to length buckets (so they equal them exactly)."""
+    for method in ("bias", "lora", "adapter", "full"):
+        a, ra = _train(1, method)
+        b, rb = _train(1, method, packing=True)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{method}: {m}")
+        assert abs(ra.loss_sum - rb.loss_sum) < 1e-4 * abs(ra.loss_sum)
+    a, _ = _train(4, "prompt")
+    b, _ = _train(4, "prompt", packing=True)
+    assert torch.equal(a, b)
 
 
 def _train_on(data, tau):
