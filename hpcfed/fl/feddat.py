@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -399,13 +400,15 @@ class FedDAT(Algorithm):
         loss_sum = torch.zeros((), device=dev)
         last = torch.zeros((), device=dev)
         seen = 0
+        pack = trainer.pack and train.lengths is not None  # padding-free batches (fl.local.packing)
+        fwd = functools.partial(model, pack=True) if pack else model
         for step, idx in enumerate(batches, start=1):
             parts = [(batch_to(train, part, dev), len(part) / len(idx))
-                     for part in length_buckets(train, idx, c.length_buckets)]
+                     for part in ([idx] if pack else length_buckets(train, idx, c.length_buckets))]
             teacher: list[torch.Tensor | None] = [None] * len(parts)
             if self.dat:  # 1. DAT logits, no gradient
                 with torch.no_grad(), self.mode(Mode.DAT), autocast_ctx(dev, c.bf16):
-                    teacher = [model(x, lengths).float() for (x, _, lengths), _ in parts]
+                    teacher = [fwd(x, lengths).float() for (x, _, lengths), _ in parts]
             # 2. A_S (+ head) on CE + KL_T(DAT -> student)
             flat.zero_grad()
             student = []
@@ -413,7 +416,7 @@ class FedDAT(Algorithm):
             with self.mode(Mode.STUDENT):
                 for ((x, y, lengths), share), t in zip(parts, teacher):
                     with autocast_ctx(dev, c.bf16):
-                        logits = model(x, lengths).float()
+                        logits = fwd(x, lengths).float()
                     (mkd_loss(logits, y, t, p.kd_temperature, p.kd_weight) * share).backward()
                     student.append(logits.detach())
                     ce_batch += F.cross_entropy(logits.detach(), y) * share
@@ -428,7 +431,7 @@ class FedDAT(Algorithm):
                     with self.mode(Mode.DAT):
                         for ((x, y, lengths), share), s in zip(parts, student):
                             with autocast_ctx(dev, c.bf16):
-                                logits = model(x, lengths).float()
+                                logits = fwd(x, lengths).float()
                             (mkd_loss(logits, y, s, p.kd_temperature, p.kd_weight) * share).backward()
                 finally:
                     for q in self.client_flat.params:
