@@ -267,7 +267,8 @@ class LocalConfig:
     """Text: run each batch padding-free: its sequences are packed into rows no longer than its longest
     sequence, with restarted position ids and block-diagonal attention (hpcfed/models/packing.py). Exact up to
     fp reduction order (dropout draws differ from the padded path's). Falls back to ``length_buckets``, with one
-    log line, for backbones it does not know and for soft prompts."""
+    log line, for backbones it does not know and for soft prompts. The client-parallel path
+    (``client_group_size`` > 1) always pads with ``length_buckets``."""
     length_buckets: int = 4
     """Text, without packing: split each batch, sorted by length, into this many micro-batches, each padded
     only to its own longest sequence, and sum their gradients (exact: padding is masked). 1 pads the whole
