@@ -182,8 +182,16 @@ def targets(results: list[dict]) -> str:
                 dacc = 100 * (best.get("final_acc", float("nan")) - o.get("final_acc", float("nan")))
                 need = other != "plain-pytorch"
                 verdict = ("**met**" if ratio >= 3 else "**missed**") if need else "(reference)"
+                curve = ""
+                a_, b_ = dict(map(tuple, best.get("acc_curve") or [])), dict(map(tuple, o.get("acc_curve") or []))
+                common_r = sorted(set(a_) & set(b_))
+                if common_r:
+                    diffs = [100 * (a_[x] - b_[x]) for x in common_r]
+                    curve = (f"; mean difference over rounds {', '.join(str(x) for x in common_r)}: "
+                             f"{sum(diffs) / len(diffs):+.2f} points (max |·| {max(abs(d) for d in diffs):.2f})")
                 out.append(f"- {wl}: client updates/s {best['label']} / {o['label']} = {ratio:.2f}× {verdict} "
-                           f"(target ≥ 3×); accuracy difference {dacc:+.2f} points after {best['rounds']} rounds")
+                           f"(target ≥ 3×); accuracy difference {dacc:+.2f} points after {best['rounds']} rounds"
+                           + curve)
         for r in hp:
             if "mfu_bf16" in r:
                 out.append(f"- {wl} {r['label']}: MFU on useful tokens {100 * r['mfu_bf16']:.1f}% of the measured "

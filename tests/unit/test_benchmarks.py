@@ -167,3 +167,6 @@ def test_targets_compare_each_frameworks_fastest_setup():
     assert "hpcfed-2r / pfl-research-2p = 2.00× **missed**" in text
     assert "accuracy difference +1.00 points after 30 rounds" in text
     assert "hpcfed-2r / flower-2w = 4.00× **met**" in text
+    curves = [dict(row("hpcfed-2r", 3.0), acc_curve=[[10, 0.80], [20, 0.85]]),
+              dict(row("flower", 1.0), acc_curve=[[10, 0.79], [20, 0.88]])]
+    assert "mean difference over rounds 10, 20: -1.00 points (max |·| 3.00)" in targets(curves)
