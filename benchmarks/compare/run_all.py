@@ -179,19 +179,21 @@ def targets(results: list[dict]) -> str:
             o = _best(rows, other)
             if o is not None:
                 ratio = best["client_updates_per_s"] / o["client_updates_per_s"]
-                dacc = 100 * (best.get("final_acc", float("nan")) - o.get("final_acc", float("nan")))
+                # accuracy: against hpcfed's fastest row run for as many rounds as this one
+                acc_ref = _best([r for r in hp if r["rounds"] == o["rounds"]], "hpcfed") or best
+                dacc = 100 * (acc_ref.get("final_acc", float("nan")) - o.get("final_acc", float("nan")))
                 need = other != "plain-pytorch"
                 verdict = ("**met**" if ratio >= 3 else "**missed**") if need else "(reference)"
                 curve = ""
-                a_, b_ = dict(map(tuple, best.get("acc_curve") or [])), dict(map(tuple, o.get("acc_curve") or []))
+                a_, b_ = (dict(map(tuple, r.get("acc_curve") or [])) for r in (acc_ref, o))
                 common_r = sorted(set(a_) & set(b_))
                 if common_r:
                     diffs = [100 * (a_[x] - b_[x]) for x in common_r]
                     curve = (f"; mean difference over rounds {', '.join(str(x) for x in common_r)}: "
                              f"{sum(diffs) / len(diffs):+.2f} points (max |·| {max(abs(d) for d in diffs):.2f})")
                 out.append(f"- {wl}: client updates/s {best['label']} / {o['label']} = {ratio:.2f}× {verdict} "
-                           f"(target ≥ 3×); accuracy difference {dacc:+.2f} points after {best['rounds']} rounds"
-                           + curve)
+                           f"(target ≥ 3×); accuracy difference ({acc_ref['label']} − {o['label']}) {dacc:+.2f} "
+                           f"points after {o['rounds']} rounds" + curve)
         for r in hp:
             if "mfu_bf16" in r:
                 out.append(f"- {wl} {r['label']}: MFU on useful tokens {100 * r['mfu_bf16']:.1f}% of the measured "
