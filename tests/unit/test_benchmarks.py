@@ -165,7 +165,7 @@ def test_targets_compare_each_frameworks_fastest_setup():
                     row("pfl-research", 0.5), row("pfl-research-2p", 1.5, 0.84), row("flower", 0.6),
                     row("flower-2w", 0.75)])
     assert "hpcfed-2r / pfl-research-2p = 2.00× **missed**" in text
-    assert "accuracy difference +1.00 points after 30 rounds" in text
+    assert "accuracy difference (hpcfed-2r − pfl-research-2p) +1.00 points after 30 rounds" in text
     assert "hpcfed-2r / flower-2w = 4.00× **met**" in text
     curves = [dict(row("hpcfed-2r", 3.0), acc_curve=[[10, 0.80], [20, 0.85]]),
               dict(row("flower", 1.0), acc_curve=[[10, 0.79], [20, 0.88]])]
