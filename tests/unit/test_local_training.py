@@ -104,3 +104,29 @@ def test_cosine_local_lr_schedule():
     assert load_config(["fl.local.lr_schedule=cosine", "fl.rounds=5"]).hash() != \
         load_config(["fl.local.lr_schedule=cosine", "fl.rounds=6"]).hash()
     assert load_config(["fl.rounds=5"]).hash() == load_config(["fl.rounds=6"]).hash()
+
+
+def test_bf16_training_close_to_fp32():
+    """fl.local.bf16 (autocast, fp32 master buffer): the local update points the same way as in fp32, packed
+    or bucketed, and the master weights stay fp32."""
+    def run(bf16, packing):
+        cfg = load_config(tiny_model_args("hf_text") + ["peft.method=bias", "model.dropout=0.0", "fl.local.steps=4",
+                                                        "fl.local.batch_size=16", f"fl.local.bf16={bf16}",
+                                                        f"fl.local.packing={packing}", "fl.local.optimizer=sgd",
+                                                        "fl.local.lr=0.5"])
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 2)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        flat = apply_peft(model, cfg.peft)
+        theta0 = flat.data.clone()
+        LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu")).train(toy_client_data("hf_text"), 3)
+        assert flat.data.dtype == torch.float32
+        return flat.data - theta0
+
+    for packing in ("true", "false"):
+        a, b = run("false", packing), run("true", packing)
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=0)
+        assert cos > 0.99, (packing, float(cos))
+        assert 0.9 < float(b.norm() / a.norm()) < 1.1
