@@ -82,3 +82,26 @@ def test_compile_option_matches_eager():
         tr.train(toy_client_data("timm_vit", 24, seed=1), 3)
         out[comp] = flat.data.clone()
     torch.testing.assert_close(out[True], out[False], rtol=0, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_compile_with_packing_matches_eager():
+    """fl.local.compile=true with packed text batches (the packing plan graph-breaks; the result is eager's)."""
+    out = {}
+    for comp in (False, True):
+        cfg = load_config(tiny_model_args("hf_text") + ["peft.method=bias", "fl.local.steps=3", "fl.local.batch_size=8",
+                                                        "model.dropout=0", f"fl.local.compile={comp}",
+                                                        "fl.local.optimizer=sgd", "fl.local.lr=0.5"])
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 2)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        flat = apply_peft(model, cfg.peft)
+        tr = LocalTrainer(model, flat, cfg.fl.local, CPU)
+        assert tr.pack
+        theta0 = flat.data.clone()
+        tr.train(toy_client_data("hf_text", 24, seed=1), 3)
+        assert not torch.equal(flat.data, theta0)
+        out[comp] = flat.data.clone()
+    torch.testing.assert_close(out[True], out[False], rtol=0, atol=1e-5)
