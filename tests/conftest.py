@@ -37,6 +37,15 @@ def tiny_model_args(family: str) -> list[str]:
             "model.img_size=16", "model.patch_size=4"]
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout layer's p to 0 (the backbone's own dropout would draw different masks on paths that
+    split or pack batches differently); returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
 def toy_client_data(family: str, n: int = 64, seed: int = 0, num_classes: int = 2):
     """A learnable toy task: the label is visible in the input (token id / pixel intensity)."""
     from hpcfed.data import ClientData

@@ -11,7 +11,7 @@ from hpcfed.config import load_config
 from hpcfed.fl.client import LocalTrainer
 from hpcfed.models import build_model
 from hpcfed.peft import apply_peft
-from tests.conftest import tiny_model_args, toy_client_data
+from tests.conftest import disable_dropout, tiny_model_args, toy_client_data
 
 CPU = torch.device("cpu")
 
@@ -94,9 +94,7 @@ def test_compile_with_packing_matches_eager():
                                                         "fl.local.optimizer=sgd", "fl.local.lr=0.5"])
         torch.manual_seed(0)
         model = build_model(cfg.model, 2)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        disable_dropout(model)
         flat = apply_peft(model, cfg.peft)
         tr = LocalTrainer(model, flat, cfg.fl.local, CPU)
         assert tr.pack

@@ -6,7 +6,7 @@ from hpcfed.config import load_config
 from hpcfed.fl.client import LocalTrainer, length_buckets
 from hpcfed.models import build_model
 from hpcfed.peft import apply_peft
-from tests.conftest import tiny_model_args, toy_client_data
+from tests.conftest import disable_dropout, tiny_model_args, toy_client_data
 
 
 def _train(buckets, method="bias", packing=False):
@@ -19,9 +19,7 @@ def _train(buckets, method="bias", packing=False):
                                                     "fl.local.optimizer=sgd", "fl.local.lr=0.5"])
     torch.manual_seed(0)
     model = build_model(cfg.model, 2)
-    for m in model.modules():  # the backbone's own dropout would draw different masks per micro-batch
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    disable_dropout(model)
     flat = apply_peft(model, cfg.peft)
     trainer = LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu"))
     assert trainer.pack == (packing and method != "prompt")
@@ -116,9 +114,7 @@ def test_bf16_training_close_to_fp32():
                                                         "fl.local.lr=0.5"])
         torch.manual_seed(0)
         model = build_model(cfg.model, 2)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        disable_dropout(model)
         flat = apply_peft(model, cfg.peft)
         theta0 = flat.data.clone()
         LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu")).train(toy_client_data("hf_text"), 3)
