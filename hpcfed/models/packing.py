@@ -8,9 +8,9 @@ reduction order), while the batch computes R·T ≈ Σ lengths positions instead
 
 Rows are filled first-fit decreasing with capacity max(lengths): no row is longer than the padded batch
 would have been, so attention per row costs at most what the longest sequence costs alone. On the standard
-SST-2 workload (batch 32, ~13 tokens mean, 1 CPU thread, bf16) one packed forward + backward of MiniLM-L6
-took 112 ms against 168 ms for four length-sorted micro-batches and 306 ms for one padded batch
-(docs/benchmarks.md).
+SST-2 workload (batch 32, ~13 tokens mean, 1 CPU thread, bf16) a packed local step of MiniLM-L6 took 110 ms
+against 174 ms for four length-sorted micro-batches and 278 ms for one padded batch
+(``python -m benchmarks.local_step``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
