@@ -152,6 +152,36 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: Sequence[int] =
     return best
 
 
+def _cpu_sdpa_flop_formulas() -> dict:
+    """FLOP formulas for the CPU fused-attention ops that ``torch.utils.flop_counter`` does not cover.
+
+    PyTorch's SDPA dispatches to ``aten._scaled_dot_product_flash_attention_for_cpu`` (and its backward) on
+    CPU; torch 2.14's ``FlopCounterMode`` has formulas for the CUDA flash / efficient / cuDNN kernels only,
+    so it silently counted attention as 0 FLOPs on CPU. The CPU ops take (query, key, value, ...) and
+    (grad_out, query, key, value, ...) like the CUDA flash ops, so the library's own SDPA formulas apply.
+    Ops already in the library's registry (a later torch) are left to it.
+    """
+    from torch.utils import flop_counter as fc
+
+    ops = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None), \
+        getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    fwd, bwd = ops
+    out = {}
+    if fwd is not None and fwd not in fc.flop_registry:
+        out[fwd] = lambda q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_flop_count(q, k, v)
+    if bwd is not None and bwd not in fc.flop_registry:
+        out[bwd] = lambda g, q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_backward_flop_count(g, q, k, v)
+    return out
+
+
+def flop_counter():
+    """A ``torch.utils.flop_counter.FlopCounterMode`` (no display) that also counts CPU fused attention
+    (:func:`_cpu_sdpa_flop_formulas`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_flop_formulas())
+
+
 def measure_seq_flops(model, device: torch.device, *, kind: str, example: torch.Tensor | None = None,
                       lengths: Sequence[int] = (8, 16, 32)) -> tuple[float, float, float]:
     """FLOPs autograd executes for forward + backward of one example, as ``(c, a, b)`` of c + a·L + b·L².
@@ -159,13 +189,11 @@ def measure_seq_flops(model, device: torch.device, *, kind: str, example: torch.
     Text: single unpadded sequences of ``lengths`` (token ids 5..94; the count does not depend on the ids).
     Images: one ``example`` (H, W, C) uint8 gives c; a = b = 0.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()  # no dropout randomness; the FLOPs are the same
 
     def count(x, ln):
-        with FlopCounterMode(display=False) as fc:
+        with flop_counter() as fc:
             logits = model(x, ln)
             loss = F.cross_entropy(logits.float(), torch.zeros(len(x), dtype=torch.long, device=device))
             loss.backward()
