@@ -1,18 +1,22 @@
 # Two commands for a fresh machine (Python 3.11 + pip; no GPU needed):
 #   make demo   # install into .venv, then run the main job (SST-2 + MiniLM-L6, BitFit, 2 MPI ranks)
 #   make test   # install into .venv (with the dev extra), then run the test suite
+# Installs are pinned by requirements/lock.txt (refresh: make lock). Unpinned, into a fresh venv:
+#   make test LOCK= VENV=build/venv-unpinned
 PYTHON ?= python3
 VENV   ?= .venv
 NP     ?= 2
 CONFIG ?= configs/sst2_minilm_bitfit.yaml
+LOCK   ?= requirements/lock.txt
 ROOT_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
 
-.PHONY: install demo test clean
+.PHONY: install demo test lock clean
 
-$(VENV)/.installed: pyproject.toml
+# The lock is a constraints file: it pins every dependency while the project itself installs editable.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet $(if $(LOCK),-c $(LOCK)) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,6 +27,10 @@ demo: install
 
 test: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Re-resolve the lock with uv (installed into a throwaway venv in the temp folder unless UV=/path/to/uv is given).
+lock:
+	$(PYTHON) requirements/lock.py $(LOCK)
 
 clean:
 	rm -rf $(VENV) data_cache runs .pytest_cache

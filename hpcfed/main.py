@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 
 from hpcfed.config import Config, ConfigError, load_config, save_config
+from hpcfed.envinfo import environment_info
 
 log = logging.getLogger("hpcfed")
 
@@ -131,6 +132,7 @@ def run(cfg: Config) -> dict:
                     "world_size": rt.world_size, "device": str(rt.device), "peft_method": cfg.peft.method,
                     "num_clients": dataset.num_clients, "config_hash": cfg.hash(),
                     "resumed_from_round": loop.state.round}
+            info.update(environment_info())
             (run_dir / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
             log.info("world=%d device=%s method=%s trainable=%d clients=%d cohort=%d", rt.world_size,
                      rt.device, cfg.peft.method, loop.flat.numel, dataset.num_clients, cfg.fl.cohort_size)
