@@ -77,6 +77,22 @@ def mpirun_cmd(mpirun: str, n: int, *args: str) -> list[str]:
         flags.append("--allow-run-as-root")
     return [mpirun, *flags, "-n", str(n), sys.executable, *args]
 
+def launch_worker(mpirun: str, n: int, worker: str, out, words, timeout: int = 300) -> dict:
+    """Run ``worker OUT words...`` on ``n`` ranks under mpirun; returns rank 0's saved dict, with the ranks'
+    ``OUT.rank<r>.json`` reports (when the worker writes them) under ``"ranks"``."""
+    import json
+    import subprocess
+
+    r = subprocess.run(mpirun_cmd(mpirun, n, worker, str(out), *words), capture_output=True, text=True,
+                       timeout=timeout, cwd=REPO, check=False)
+    assert r.returncode == 0, f"mpirun -n {n} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    res = torch.load(out, weights_only=True)
+    reports = [Path(f"{out}.rank{k}.json") for k in range(n)]
+    if all(p.exists() for p in reports):
+        res["ranks"] = [json.loads(p.read_text()) for p in reports]
+    return res
+
+
 POS = ["good", "great", "fine", "lovely", "superb", "warm", "funny", "bright"]
 NEG = ["bad", "awful", "dull", "poor", "boring", "cold", "weak", "grim"]
 FILL = ["the", "film", "movie", "story", "was", "a", "plot", "and", "very", "really", "cast", "it"]

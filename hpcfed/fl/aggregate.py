@@ -17,7 +17,7 @@ from hpcfed import kernels
 from hpcfed.dist import Comm
 
 STATS = ("loss_sum", "samples_seen", "clients_ok", "clients_failed", "steps", "elems_up_hi", "elems_up_lo",
-         "stop_requested")
+         "elems_down_hi", "elems_down_lo", "stop_requested")
 _SPLIT = 1 << 12
 """Element counts are carried as hi·2^12 + lo so that their sums stay exact in fp32."""
 
@@ -48,16 +48,31 @@ class Aggregator:
         self.buffer.zero_()
         self._host_stats = dict.fromkeys(STATS, 0.0)
 
+    def elements(self, mask: Optional[torch.Tensor]) -> int:
+        """Elements of the flat buffer that ``mask`` selects ((n,) bool/uint8, or None for all n)."""
+        return self.numel if mask is None else int(mask.count_nonzero())
+
     def add(self, theta_client: torch.Tensor, theta_global: torch.Tensor, weight: float,
             mask: Optional[torch.Tensor] = None) -> int:
-        """Accumulate one client's update; returns the number of elements the client sends up."""
+        """Accumulate one client's update; returns the number of elements the client sends up (the entries
+        of ``mask``, which are exactly the ones the fused kernel folds into ``acc``)."""
         kernels.masked_accumulate(self.acc, self.cnt, theta_client, theta_global, float(weight), mask,
                                   backend=self.kernel_backend)
-        elems = self.numel if mask is None else int(mask.count_nonzero())
-        self._host_stats["elems_up_hi"] += elems // _SPLIT
-        self._host_stats["elems_up_lo"] += elems % _SPLIT
+        elems = self.elements(mask)
+        self._count("elems_up", elems)
         self._host_stats["clients_ok"] += 1
         return elems
+
+    def count_down(self, mask: Optional[torch.Tensor]) -> int:
+        """Count the global-model elements one client receives before it trains (its mask, or all n);
+        returns that count. Called once per client that is handed the model, whether or not it then fails."""
+        elems = self.elements(mask)
+        self._count("elems_down", elems)
+        return elems
+
+    def _count(self, key: str, elems: int) -> None:
+        self._host_stats[f"{key}_hi"] += elems // _SPLIT
+        self._host_stats[f"{key}_lo"] += elems % _SPLIT
 
     def add_stats(self, **values: float) -> None:
         for k, v in values.items():
@@ -68,5 +83,6 @@ class Aggregator:
         self._stats.copy_(torch.tensor([self._host_stats[k] for k in STATS], dtype=torch.float32))
         comm.all_reduce_sum(self.buffer, tag="aggregate")
         vals = dict(zip(STATS, self._stats.tolist()))
-        vals["elems_up"] = int(round(vals.pop("elems_up_hi"))) * _SPLIT + int(round(vals.pop("elems_up_lo")))
+        for key in ("elems_up", "elems_down"):
+            vals[key] = int(round(vals.pop(f"{key}_hi"))) * _SPLIT + int(round(vals.pop(f"{key}_lo")))
         return vals

@@ -31,8 +31,6 @@ from hpcfed.peft import FlatParams
 log = logging.getLogger("hpcfed.fl")
 _FAULT_STREAM = 3
 
-BYTES_PER_ELEMENT = 4  # the flat buffer is fp32
-
 
 class Callback(Protocol):
     def on_round_end(self, loop: "FederatedLoop", metrics: dict) -> None: ...
@@ -157,6 +155,8 @@ class FederatedLoop:
         else:
             for cid in self.my_clients(round_idx):
                 data = self.clients.get(cid)
+                mask = self.algorithm.client_mask(cid)
+                agg.count_down(mask)
                 try:
                     res = self.algorithm.local_update(self.trainer, self.theta_global, data,
                                                       client_seed(self.cfg.seed, round_idx, cid), cid)
@@ -165,8 +165,7 @@ class FederatedLoop:
                 except Exception as e:  # noqa: BLE001 - any client failure drops that client, not the run
                     self._drop(round_idx, cid, e)
                     continue
-                agg.add(self.flat.data, self.theta_global, self.algorithm.client_weight(len(data)),
-                        self.algorithm.client_mask(cid))
+                agg.add(self.flat.data, self.theta_global, self.algorithm.client_weight(len(data)), mask)
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
         if self.stop_flag is not None and self.stop_flag.requested:
             agg.add_stats(stop_requested=1)
@@ -175,13 +174,13 @@ class FederatedLoop:
         self.flat.data.copy_(self.theta_global)
         extra = self.algorithm.after_round(self, round_idx)
         round_s = time.perf_counter() - t0
-        n = self.flat.numel
+        elem_bytes = self.theta_global.element_size()
         metrics = {
             "round": round_idx,
             "train_loss": stats["loss_sum"] / max(stats["samples_seen"], 1.0),
             "clients": int(stats["clients_ok"]),
-            "bytes_up": stats["elems_up"] * BYTES_PER_ELEMENT,
-            "bytes_down": self.cfg.fl.cohort_size * n * BYTES_PER_ELEMENT,
+            "bytes_up": stats["elems_up"] * elem_bytes,
+            "bytes_down": stats["elems_down"] * elem_bytes,
             "round_s": round_s,
             "samples_per_s": stats["samples_seen"] / round_s if round_s > 0 else 0.0,
             "local_steps": int(stats["steps"]),
@@ -206,6 +205,8 @@ class FederatedLoop:
         for group in self.my_groups(round_idx):
             datas = [self.clients.get(c) for c in group]
             masks = [self.algorithm.client_mask(c) for c in group]
+            for m in masks:
+                agg.count_down(m)
             try:
                 thetas, results = gt.train_group(datas, [client_seed(self.cfg.seed, round_idx, c) for c in group],
                                                  self.theta_global, masks)

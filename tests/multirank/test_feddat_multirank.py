@@ -14,7 +14,7 @@ import torch
 from tests.conftest import REPO, mpirun_cmd
 
 pytestmark = pytest.mark.mpi
-WORKER = str(REPO / "tests" / "dist" / "_worker.py")
+WORKER = str(REPO / "tests" / "multirank" / "_worker.py")
 WORDS = ["fl.algorithm=feddat", "peft.method=adapter", "peft.adapter_reduction_factor=8", "fl.rounds=3",
          "dist.num_threads=1"]
 

@@ -1,6 +1,7 @@
 """Exact resume with 2 ranks: interrupted (SIGTERM to one rank, or kill -9 of one rank mid-run) and
-resumed runs end with bitwise the same global parameters as an uninterrupted run; a crashing rank brings
-the job down promptly with the last checkpoint intact."""
+resumed runs end with bitwise the same global parameters as an uninterrupted run — with FedAdam on the server,
+so the server optimizer's moments (and their step count) must survive the checkpoint too; a crashing rank
+brings the job down promptly with the last checkpoint intact."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ ROUNDS = 5
 def _words(toy_text, name, out_dir):
     return [w for w in toy_text if not w.startswith("out_dir=")] + [
         f"out_dir={out_dir}", f"name={name}", f"fl.rounds={ROUNDS}", "fl.local.steps=12",
-        "checkpoint.every_rounds=1", "dist.timeout_s=60"]
+        "checkpoint.every_rounds=1", "dist.timeout_s=60", "fl.server_opt.name=adam", "fl.server_opt.lr=0.01"]
 
 
 def _final(out_dir, name) -> dict:

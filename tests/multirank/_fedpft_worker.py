@@ -1,7 +1,7 @@
 """Run a FedPFT job on this rank with a counting communicator; every rank saves its sub-model tensors, rank 0
 also the global model and the collective counts.
 
-Usage (under mpirun or plainly): python tests/dist/_fedpft_worker.py OUT_PREFIX key=value ...
+Usage (under mpirun or plainly): python tests/multirank/_fedpft_worker.py OUT_PREFIX key=value ...
 Writes OUT_PREFIX.rank<r>.pt.
 """
 

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import REPO, mpirun_cmd
 
 pytestmark = pytest.mark.mpi
-WORKER = str(REPO / "tests" / "dist" / "_fedpft_worker.py")
+WORKER = str(REPO / "tests" / "multirank" / "_fedpft_worker.py")
 # 3 layers so that the inner one is compressed; rounds=3 with align_every=1: alignments after rounds 1 and 2
 FEDPFT = ["peft.method=lora", "fl.algorithm=fedpft", "model.num_layers=3", "fl.rounds=3",
           "fl.algo.public_samples=64", "fl.algo.distill_steps=4", "fl.algo.distill_batch_size=16",

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import REPO, mpirun_cmd
 
 pytestmark = pytest.mark.mpi
-WORKER = str(REPO / "tests" / "dist" / "_worker.py")
+WORKER = str(REPO / "tests" / "multirank" / "_worker.py")
 WORDS = ["fl.algorithm=fedyolo", "peft.method=lora", "fl.algo.task_share=0.75", "fl.algo.assign_seed=1",
          "fl.rounds=2", "fl.cohort_size=4", "dist.num_threads=1"]
 
