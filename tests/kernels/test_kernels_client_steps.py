@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcfed import kernels as K
+from hpcfed.kernels import adamw, sgd
 
-SMALL_SIZES = (1, 7, 1000)
 MASK_KINDS = ("none", "zeros", "ones", "random", "random_u8")
-GRAD_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GRAD_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BIG = 2**20 + 3
+ODD = 2 * 2048 + 3  # = conftest SIZES[-1]: a non-power-of-two above every kernel's BLOCK_SIZE
+#: Fixed grid shared by AdamW and SGD: (n, mask kind, gradient dtype, with lr_scale); each mask kind once.
+GRID = [(1, "ones", "fp32", False), (7, "none", "bf16", True), (7, "zeros", "fp32", True),
+        (ODD, "random", "bf16", True), (ODD, "random_u8", "fp32", False)]
+#: Hypothesis examples per test (~10-60 ms each in the CPU interpreter; fewer on a GPU, where each new
+#: specialization of a kernel is a Triton compilation).
+FUZZ = settings(max_examples=15 if torch.cuda.is_available() else 50, deadline=None)
 ADAMW = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05)
 SGD = dict(lr=5e-2, momentum=0.9, weight_decay=1e-2, nesterov=True)
 
 
-def _inputs(n, mask_kind, grad_dtype, with_lr_scale, seed, H):
+def _inputs(n, mask_kind, grad_dtype, with_lr_scale, seed, H, p=0.5):
     gen = torch.Generator().manual_seed(seed)
     d = H.DEVICE
     return dict(
@@ -24,7 +33,7 @@ def _inputs(n, mask_kind, grad_dtype, with_lr_scale, seed, H):
         s1=torch.randn(n, generator=gen).mul_(0.1).to(d),  # exp_avg / momentum buffer
         s2=torch.rand(n, generator=gen).mul_(0.01).to(d),  # exp_avg_sq
         lr_scale=torch.rand(n, generator=gen).add_(0.5).to(d) if with_lr_scale else None,
-        mask=H.make_mask(mask_kind, n, gen),
+        mask=H.make_mask(mask_kind, n, gen, p=p),
     )
 
 
@@ -34,16 +43,16 @@ def _gold(x, H):
     return g
 
 
-def _adamw(fn, y, step, **kw):
-    fn(y["param"], y["grad"], y["s1"], y["s2"], step=step, mask=y["mask"], lr_scale=y["lr_scale"], **ADAMW, **kw)
+def _adamw(fn, y, step, hyper=ADAMW, **kw):
+    fn(y["param"], y["grad"], y["s1"], y["s2"], step=step, mask=y["mask"], lr_scale=y["lr_scale"], **hyper, **kw)
 
 
 def _sgd(fn, y, step, hyper=SGD, **kw):
     fn(y["param"], y["grad"], y["s1"], step=step, mask=y["mask"], lr_scale=y["lr_scale"], **hyper, **kw)
 
 
-def _check(run, state_names, n, mask_kind, grad_dtype, with_lr_scale, H, seed=0, step=3):
-    x = _inputs(n, mask_kind, grad_dtype, with_lr_scale, seed, H)
+def _check(run, state_names, n, mask_kind, grad_dtype, with_lr_scale, H, seed=0, p=0.5):
+    x = _inputs(n, mask_kind, grad_dtype, with_lr_scale, seed, H, p)
     gold, ref, ker = _gold(x, H), H.clone_all(x), H.clone_all(x)
     run(gold, "ref")
     run(ref, "torch")
@@ -57,12 +66,12 @@ def _check(run, state_names, n, mask_kind, grad_dtype, with_lr_scale, H, seed=0,
             assert not torch.equal(ker[name][~off], x[name][~off]), f"{name}: nothing updated"
 
 
-def _adamw_runner(step):
+def _adamw_runner(step, hyper=ADAMW):
     def run(y, which):
         if which == "ref":
-            _adamw(K.masked_adamw_step_ref, y, step)
+            _adamw(K.masked_adamw_step_ref, y, step, hyper)
         else:
-            _adamw(K.masked_adamw_step, y, step, backend=which)
+            _adamw(K.masked_adamw_step, y, step, hyper, backend=which)
     return run
 
 
@@ -76,14 +85,26 @@ def _sgd_runner(step, hyper=SGD):
 
 
 # ------------------------------------------------------------------------------------------------------- AdamW
-@pytest.mark.parametrize("grad", list(GRAD_DTYPES))
-@pytest.mark.parametrize("mask_kind", MASK_KINDS)
-@pytest.mark.parametrize("n", SMALL_SIZES)
-def test_triton_adamw_matches_reference(n, mask_kind, grad, helpers):
-    _check(_adamw_runner(3), ("s1", "s2"), n, mask_kind, GRAD_DTYPES[grad], n == 1000, helpers)
+@pytest.mark.parametrize("n,mask_kind,grad,with_lr_scale", GRID)
+def test_triton_adamw_matches_reference(n, mask_kind, grad, with_lr_scale, helpers):
+    assert ODD == helpers.SIZES[-1] and ODD > adamw.BLOCK_SIZE
+    _check(_adamw_runner(3), ("s1", "s2"), n, mask_kind, GRAD_DTYPES[grad], with_lr_scale, helpers)
 
 
-@pytest.mark.parametrize("grad,mask_kind", [("bf16", "random"), pytest.param("fp32", "none", marks=pytest.mark.slow)])
+@FUZZ
+@given(n=st.integers(1, 3 * adamw.BLOCK_SIZE + 5), mask_kind=st.sampled_from(MASK_KINDS), p=st.floats(0, 1),
+       grad=st.sampled_from(list(GRAD_DTYPES)), with_lr_scale=st.booleans(), step=st.integers(1, 1000),
+       lr=st.floats(1e-5, 0.1), beta1=st.floats(0.0, 0.99), beta2=st.floats(0.9, 0.99999),
+       eps=st.floats(1e-10, 1e-2), weight_decay=st.floats(0.0, 0.5), seed=st.integers(0, 2**32 - 1))
+def test_triton_adamw_matches_reference_fuzz(n, mask_kind, p, grad, with_lr_scale, step, lr, beta1, beta2, eps,
+                                             weight_decay, seed, helpers):
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    _check(_adamw_runner(step, hyper), ("s1", "s2"), n, mask_kind, GRAD_DTYPES[grad], with_lr_scale, helpers,
+           seed=seed, p=p)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad,mask_kind", [("bf16", "random"), ("fp32", "none")])
 def test_triton_adamw_matches_reference_big(grad, mask_kind, helpers):
     _check(_adamw_runner(1), ("s1", "s2"), BIG, mask_kind, GRAD_DTYPES[grad], True, helpers, seed=1)
 
@@ -110,11 +131,10 @@ def test_adamw_matches_torch_optim(backend, helpers):
 
 
 # --------------------------------------------------------------------------------------------------------- SGD
-@pytest.mark.parametrize("grad", list(GRAD_DTYPES))
-@pytest.mark.parametrize("mask_kind", MASK_KINDS)
-@pytest.mark.parametrize("n", SMALL_SIZES)
-def test_triton_sgd_matches_reference(n, mask_kind, grad, helpers):
-    _check(_sgd_runner(3), ("s1",), n, mask_kind, GRAD_DTYPES[grad], n == 1000, helpers)
+@pytest.mark.parametrize("n,mask_kind,grad,with_lr_scale", GRID)
+def test_triton_sgd_matches_reference(n, mask_kind, grad, with_lr_scale, helpers):
+    assert ODD == helpers.SIZES[-1] and ODD > sgd.BLOCK_SIZE
+    _check(_sgd_runner(3), ("s1",), n, mask_kind, GRAD_DTYPES[grad], with_lr_scale, helpers)
 
 
 @pytest.mark.parametrize(
@@ -125,10 +145,24 @@ def test_triton_sgd_matches_reference(n, mask_kind, grad, helpers):
 )
 def test_triton_sgd_variants_match_reference(hyper, step, helpers):
     states = ("s1",) if hyper.get("momentum") else ()
-    _check(_sgd_runner(step, hyper), states, 1000, "random", torch.float32, False, helpers, seed=3, step=step)
+    _check(_sgd_runner(step, hyper), states, 1000, "random", torch.float32, False, helpers, seed=3)
 
 
-@pytest.mark.parametrize("grad,mask_kind", [("fp32", "random_u8"), pytest.param("bf16", "none", marks=pytest.mark.slow)])
+@FUZZ
+@given(n=st.integers(1, 3 * sgd.BLOCK_SIZE + 5), mask_kind=st.sampled_from(MASK_KINDS), p=st.floats(0, 1),
+       grad=st.sampled_from(list(GRAD_DTYPES)), with_lr_scale=st.booleans(), step=st.integers(1, 5),
+       lr=st.floats(1e-4, 1.0), momentum=st.just(0.0) | st.floats(0.01, 0.99), nesterov=st.booleans(),
+       weight_decay=st.just(0.0) | st.floats(1e-4, 0.1), seed=st.integers(0, 2**32 - 1))
+def test_triton_sgd_matches_reference_fuzz(n, mask_kind, p, grad, with_lr_scale, step, lr, momentum, nesterov,
+                                           weight_decay, seed, helpers):
+    hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay)
+    states = ("s1",) if momentum else ()
+    _check(_sgd_runner(step, hyper), states, n, mask_kind, GRAD_DTYPES[grad], with_lr_scale, helpers, seed=seed,
+           p=p)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad,mask_kind", [("fp32", "random_u8"), ("bf16", "none")])
 def test_triton_sgd_matches_reference_big(grad, mask_kind, helpers):
     _check(_sgd_runner(2), ("s1",), BIG, mask_kind, GRAD_DTYPES[grad], True, helpers, seed=1)
 

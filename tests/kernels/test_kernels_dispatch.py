@@ -30,6 +30,7 @@ def test_auto_uses_torch_for_cpu_tensors_even_under_the_interpreter(monkeypatch)
     assert K.backend_counts[("masked_accumulate", "torch")] == before.get(("masked_accumulate", "torch"), 0) + 1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_auto_uses_triton_for_cuda_tensors():
     assert K.resolve_backend(torch.zeros(3, device="cuda"), None) == ("triton" if K.HAS_TRITON else "torch")

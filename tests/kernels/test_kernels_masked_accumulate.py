@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcfed import kernels as K
+from hpcfed.kernels.accumulate import BLOCK_SIZE
 
-SMALL_SIZES = (1, 7, 1000)
 MASK_KINDS = ("none", "zeros", "ones", "random", "random_u8")
 BIG = 2**20 + 3
+ODD = 2 * 2048 + 3  # = conftest SIZES[-1]: a non-power-of-two above every kernel's BLOCK_SIZE
+#: Hypothesis examples per test (~10-60 ms each in the CPU interpreter; fewer on a GPU, where each new
+#: specialization of a kernel is a Triton compilation).
+FUZZ = settings(max_examples=15 if torch.cuda.is_available() else 50, deadline=None)
+WEIGHTS = st.floats(1e-3, 1e4) | st.floats(-1e4, -1e-3)  # client weights; the kernel does not need them > 0
 
 
-def _inputs(n, mask_kind, seed, H):
+def _inputs(n, mask_kind, seed, H, p=0.5):
     gen = torch.Generator().manual_seed(seed)
     d = H.DEVICE
     return dict(
@@ -20,12 +27,12 @@ def _inputs(n, mask_kind, seed, H):
         cnt=torch.rand(n, generator=gen).mul_(5).to(d),
         theta_client=torch.randn(n, generator=gen).to(d),
         theta_global=torch.randn(n, generator=gen).to(d),
-        mask=H.make_mask(mask_kind, n, gen),
+        mask=H.make_mask(mask_kind, n, gen, p=p),
     )
 
 
-def _check_against_reference(n, mask_kind, weight, H, seed=0):
-    x = _inputs(n, mask_kind, seed, H)
+def _check_against_reference(n, mask_kind, weight, H, seed=0, p=0.5):
+    x = _inputs(n, mask_kind, seed, H, p)
     gold = H.clone_all(x, torch.float64)
     K.masked_accumulate_ref(gold["acc"], gold["cnt"], gold["theta_client"], gold["theta_global"], weight,
                             gold["mask"])
@@ -45,19 +52,26 @@ def _check_against_reference(n, mask_kind, weight, H, seed=0):
     on = H.active(x["mask"], n)
     if bool(on.any()):  # the kernel did something where it should
         assert not torch.equal(ker["acc"][on], x["acc"][on])
-        torch.testing.assert_close(ker["cnt"][on], x["cnt"][on] + weight)
+        torch.testing.assert_close(ker["cnt"][on], x["cnt"][on] + torch.tensor(weight).float(), rtol=1e-6,
+                                   atol=1e-6)
 
 
-@pytest.mark.parametrize("mask_kind", MASK_KINDS)
-@pytest.mark.parametrize("n", SMALL_SIZES)
-def test_triton_matches_reference(n, mask_kind, helpers):
-    _check_against_reference(n, mask_kind, 3.7, helpers)
+@pytest.mark.parametrize("n,mask_kind,weight", [
+    (1, "ones", 3.7), (7, "none", 3.7), (7, "random_u8", 0.25), (ODD, "zeros", 3.7), (ODD, "random", 1234.5)])
+def test_triton_matches_reference(n, mask_kind, weight, helpers):
+    assert ODD == helpers.SIZES[-1] and ODD > BLOCK_SIZE
+    _check_against_reference(n, mask_kind, weight, helpers)
 
 
-@pytest.mark.parametrize(
-    "mask_kind",
-    ["random_u8", pytest.param("none", marks=pytest.mark.slow), pytest.param("random", marks=pytest.mark.slow)],
-)
+@FUZZ
+@given(n=st.integers(1, 3 * BLOCK_SIZE + 5), mask_kind=st.sampled_from(MASK_KINDS), p=st.floats(0, 1),
+       weight=WEIGHTS, seed=st.integers(0, 2**32 - 1))
+def test_triton_matches_reference_fuzz(n, mask_kind, p, weight, seed, helpers):
+    _check_against_reference(n, mask_kind, weight, helpers, seed=seed, p=p)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask_kind", ["random_u8", "none", "random"])
 def test_triton_matches_reference_big(mask_kind, helpers):
     _check_against_reference(BIG, mask_kind, 1234.5, helpers, seed=1)
 

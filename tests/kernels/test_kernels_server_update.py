@@ -6,17 +6,25 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcfed import kernels as K
+from hpcfed.kernels.server import BLOCK_SIZE
 
-SMALL_SIZES = (1, 7, 1000)
 MASK_KINDS = ("none", "zeros", "ones", "random", "random_u8")
 BIG = 2**20 + 3
+ODD = 2 * 2048 + 3  # = conftest SIZES[-1]: a non-power-of-two above every kernel's BLOCK_SIZE
 OPTIMIZERS = ("avg", "avgm", "adam", "yogi")
 HYPER = dict(lr=0.3, momentum=0.8, beta1=0.9, beta2=0.99, eps=1e-3)
+#: Fixed grid per optimizer: (n, mask kind); each mask kind once.
+GRID = [(1, "ones"), (7, "none"), (7, "random_u8"), (ODD, "zeros"), (ODD, "random")]
+#: Hypothesis examples per test (~10-60 ms each in the CPU interpreter; fewer on a GPU, where each new
+#: specialization of a kernel is a Triton compilation).
+FUZZ = settings(max_examples=15 if torch.cuda.is_available() else 50, deadline=None)
 
 
-def _inputs(optimizer, n, mask_kind, seed, H):
+def _inputs(optimizer, n, mask_kind, seed, H, p=0.5):
     gen = torch.Generator().manual_seed(seed)
     d = H.DEVICE
     cnt = torch.randint(0, 4, (n,), generator=gen).float() * 1.5  # about a quarter of the entries untrained
@@ -30,7 +38,7 @@ def _inputs(optimizer, n, mask_kind, seed, H):
             near = (v.double() - delta_sq).abs() < 1e-3 * (v.double() + delta_sq + 1e-30)
             v[near] += 1e-2
     return dict(theta=torch.randn(n, generator=gen).to(d), acc=acc.to(d), cnt=cnt.to(d),
-                state={k: t.to(d) for k, t in state.items()}, mask=H.make_mask(mask_kind, n, gen))
+                state={k: t.to(d) for k, t in state.items()}, mask=H.make_mask(mask_kind, n, gen, p=p))
 
 
 def _copy(x, dtype=None):
@@ -39,17 +47,17 @@ def _copy(x, dtype=None):
                 state={k: cast(t) for k, t in x["state"].items()}, mask=x["mask"])
 
 
-def _run(fn, y, optimizer, step, bias_correction, **kw):
+def _run(fn, y, optimizer, step, bias_correction, hyper=HYPER, **kw):
     fn(y["theta"], y["acc"], y["cnt"], y["state"], optimizer=optimizer, step=step, mask=y["mask"],
-       bias_correction=bias_correction, **HYPER, **kw)
+       bias_correction=bias_correction, **hyper, **kw)
 
 
-def _check_against_reference(optimizer, n, mask_kind, H, seed=0, step=3, bias_correction=True):
-    x = _inputs(optimizer, n, mask_kind, seed, H)
+def _check_against_reference(optimizer, n, mask_kind, H, seed=0, step=3, bias_correction=True, hyper=HYPER, p=0.5):
+    x = _inputs(optimizer, n, mask_kind, seed, H, p)
     gold, ref, ker = _copy(x, torch.float64), _copy(x), _copy(x)
-    _run(K.server_update_ref, gold, optimizer, step, bias_correction)
-    _run(K.server_update, ref, optimizer, step, bias_correction, backend="torch")
-    _run(K.server_update, ker, optimizer, step, bias_correction, backend="triton")
+    _run(K.server_update_ref, gold, optimizer, step, bias_correction, hyper)
+    _run(K.server_update, ref, optimizer, step, bias_correction, hyper, backend="torch")
+    _run(K.server_update, ker, optimizer, step, bias_correction, hyper, backend="triton")
     off = ~((x["cnt"] > 0) & H.active(x["mask"], n))
     H.assert_err_bound("theta", ker["theta"], ref["theta"], gold["theta"])
     H.assert_unchanged_bitwise("theta", ker["theta"], x["theta"], off)
@@ -62,10 +70,10 @@ def _check_against_reference(optimizer, n, mask_kind, H, seed=0, step=3, bias_co
         assert not torch.equal(ker["theta"][~off], x["theta"][~off]), "no active entry was updated"
 
 
-@pytest.mark.parametrize("mask_kind", MASK_KINDS)
-@pytest.mark.parametrize("n", SMALL_SIZES)
+@pytest.mark.parametrize("n,mask_kind", GRID)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_triton_matches_reference(optimizer, n, mask_kind, helpers):
+    assert ODD == helpers.SIZES[-1] and ODD > BLOCK_SIZE
     _check_against_reference(optimizer, n, mask_kind, helpers)
 
 
@@ -74,10 +82,21 @@ def test_triton_matches_reference_without_bias_correction(optimizer, helpers):
     _check_against_reference(optimizer, 1000, "random", helpers, seed=4, step=7, bias_correction=False)
 
 
-@pytest.mark.parametrize(
-    "optimizer,mask_kind",
-    [("yogi", "random_u8")] + [pytest.param(o, "none", marks=pytest.mark.slow) for o in OPTIMIZERS],
-)
+@FUZZ
+@given(optimizer=st.sampled_from(OPTIMIZERS), n=st.integers(1, 3 * BLOCK_SIZE + 5),
+       mask_kind=st.sampled_from(MASK_KINDS), p=st.floats(0, 1), step=st.integers(1, 1000),
+       bias_correction=st.booleans(), lr=st.floats(1e-3, 2.0), momentum=st.floats(0.0, 0.99),
+       beta1=st.floats(0.0, 0.99), beta2=st.floats(0.9, 0.9999), eps=st.floats(1e-6, 0.1),
+       seed=st.integers(0, 2**32 - 1))
+def test_triton_matches_reference_fuzz(optimizer, n, mask_kind, p, step, bias_correction, lr, momentum, beta1, beta2,
+                                       eps, seed, helpers):
+    hyper = dict(lr=lr, momentum=momentum, beta1=beta1, beta2=beta2, eps=eps)
+    _check_against_reference(optimizer, n, mask_kind, helpers, seed=seed, step=step,
+                             bias_correction=bias_correction, hyper=hyper, p=p)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer,mask_kind", [("yogi", "random_u8")] + [(o, "none") for o in OPTIMIZERS])
 def test_triton_matches_reference_big(optimizer, mask_kind, helpers):
     _check_against_reference(optimizer, BIG, mask_kind, helpers, seed=2)
 
@@ -110,9 +129,10 @@ def _python_server_loop(opt, theta, acc, cnt, m, v, mask, step, bias_correction,
     return theta, m, v
 
 
-@pytest.mark.parametrize("bias_correction", [True, False])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize(  # bias correction only exists for adam and yogi
+    "optimizer,bias_correction", [("avg", True), ("avgm", True), ("adam", True), ("adam", False), ("yogi", True),
+                                  ("yogi", False)])
 def test_matches_python_loop_over_rounds(optimizer, backend, bias_correction, helpers):
     d, n, rounds = helpers.DEVICE, 24, 4
     gen = torch.Generator().manual_seed(11)

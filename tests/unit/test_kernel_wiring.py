@@ -1,8 +1,6 @@
 """The round loop and local training go through the kernel dispatchers (issue 3), and the Triton path
 (run in Triton's CPU interpreter) gives the same round as the torch reference path."""
 
-import os
-
 import pytest
 import torch
 
@@ -36,11 +34,13 @@ def test_aggregation_and_local_steps_use_the_dispatchers(toy_text):
     assert calls["masked_adamw_step"] == m["local_steps"] == 4 * 3
 
 
-def test_triton_path_matches_torch_path(toy_text):
+def test_triton_path_matches_torch_path(toy_text, monkeypatch):
     if not kernels.HAS_TRITON:
         pytest.skip("triton not installed")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs TRITON_INTERPRET=1 on CPU (set by tests/kernels/conftest.py or the environment)")
+    # The loop's tensors are on CPU (_Rt.device), also on a GPU machine: forced Triton runs them in Triton's CPU
+    # interpreter, switched on for this test only (hpcfed.kernels reads the variable at every launch, see
+    # tests/kernels/conftest.py), so the test runs alone or in any order instead of depending on another conftest.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     words = list(toy_text) + ["fl.server_opt.name=adam", "fl.server_opt.lr=0.01"]
     a = _loop(words, "torch")
     b = _loop(words, "triton")
