@@ -193,8 +193,24 @@ class _ApozCounter:
 
     def _pre(self, module, args, kwargs):
         if self.active:
-            self._mask = kwargs.get("attention_mask")
+            self._mask = self.real_tokens(kwargs.get("attention_mask"),
+                                          kwargs.get("input_ids", args[0] if args else None))
         return None
+
+    @staticmethod
+    def real_tokens(attention_mask: Optional[torch.Tensor], input_ids: Optional[torch.Tensor]):
+        """(B, L) bool of the positions holding real tokens, or None (all real).
+
+        ``attention_mask`` is the usual (B, L) padding mask, or the (R, 1, T, T) block-diagonal mask of a packed
+        batch (:mod:`hpcfed.models.packing`), where a padding position attends to itself alone and holds token
+        id 0. A real position attends to its whole sequence (≥ 2 tokens for tokenizer output: [CLS] … [SEP])
+        or holds a non-zero id, so it is told apart without the packing plan.
+        """
+        if attention_mask is None or attention_mask.dim() == 2:
+            return attention_mask
+        allowed = attention_mask[:, 0].bool()  # (R, T, T)
+        real = allowed.sum(-1) > 1  # (R, T)
+        return real if input_ids is None else real | (input_ids != 0)
 
     def _hook(self, j: int):
         def hook(module, inputs, output):

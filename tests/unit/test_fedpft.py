@@ -150,6 +150,12 @@ def test_apoz_counter_counts_nonpositive_activations_on_real_tokens():
     assert c.counts[0, 0].item() == 0  # gelu(1) > 0
     assert c.counts[0, 1].item() == n and c.counts[0, 2].item() == n  # gelu(-1) < 0, gelu(0) = 0
     assert n < data.x.shape[0] * int(data.lengths.max())  # padding was present and not counted
+    # a packed batch (block-diagonal (R, 1, T, T) mask, the local trainer's default for text) counts the same
+    padded = c.counts.clone()
+    c.reset()
+    model.features(data.x, data.lengths, pack=True)
+    assert c.tokens.item() == n
+    torch.testing.assert_close(c.counts, padded, rtol=0, atol=0)
     c.remove()
 
 
