@@ -133,3 +133,22 @@ def toy_text(tmp_path_factory):
     ]
     prepare_shards(load_config(words).data, _minilm_path())
     return words
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line per test folder (unit, multirank, kernels, ...) with its outcome counts, so a quiet run still
+    shows that the multi-rank tests (real mpirun / torchrun launches) were executed."""
+    from collections import Counter
+
+    by_folder: dict[str, Counter] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if getattr(rep, "when", "call") != "call" and outcome == "passed":
+                continue
+            parts = rep.nodeid.split("/")
+            folder = "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+            by_folder.setdefault(folder, Counter())[outcome] += 1
+    if by_folder:
+        terminalreporter.section("tests by folder")
+        for folder, c in sorted(by_folder.items()):
+            terminalreporter.write_line(f"{folder}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
