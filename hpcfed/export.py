@@ -22,19 +22,16 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hpcfed.atomic import atomic_path
 from hpcfed.peft import FlatParams, LayoutError
 
 
 def save_peft(path: Path, flat: FlatParams, theta: Optional[torch.Tensor] = None, **metadata: str) -> Path:
     """Write ``theta`` (default: the flat buffer's values) as named tensors to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in flat.state_dict(theta).items()}
     meta = {"layout": flat.layout_json(), **{k: str(v) for k, v in metadata.items()}}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -12,78 +12,16 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Optional, Sequence
 
-
-from hpcfed.config import Config, ConfigError, load_config, save_config
+from hpcfed.compose import build_loop, load_run_config, quiet_libraries
+from hpcfed.atomic import atomic_write_text
+from hpcfed.config import Config, ConfigError
 from hpcfed.envinfo import environment_info
 
 log = logging.getLogger("hpcfed")
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-def prepare_data_collectively(cfg: Config, comm) -> Path:
-    """Rank 0 makes sure the shards exist (preparing them once); the others wait for its verdict.
-
-    Raises:
-        DataError: on every rank, with rank 0's message, when preparation failed.
-    """
-    from hpcfed.data import DataError, ensure_prepared
-
-    tokenizer = cfg.data.tokenizer or cfg.model.path
-    result: tuple[str, str]
-    if comm.rank == 0:
-        try:
-            result = ("ok", str(ensure_prepared(cfg.data, tokenizer)))
-        except (DataError, ConfigError) as e:
-            result = ("error", str(e))
-    else:
-        result = ("", "")
-    result = comm.broadcast_object(result, src=0)
-    if result[0] != "ok":
-        raise DataError(result[1])
-    return Path(result[1])
-
-
-def build_loop(cfg: Config, rt, comm, callbacks=None):
-    """Compose the job on this rank: shards -> model -> PEFT flat buffer -> :class:`FederatedLoop`.
-
-    Returns:
-        (loop, dataset) — the caller closes the dataset.
-    """
-    from hpcfed.data import ShardedDataset
-    from hpcfed.fl.algorithm import get_algorithm
-    from hpcfed.fl.loop import FederatedLoop
-
-    shard_dir = prepare_data_collectively(cfg, comm)
-    dataset = ShardedDataset(shard_dir, expect_name=cfg.data.name)
-    algorithm = get_algorithm(cfg.fl.algorithm)(cfg)
-    model, flat = algorithm.build(cfg, rt.device, dataset)
-    test = dataset.load_test()
-    loop_data = dataset
-    if cfg.fl.mode == "centralized":
-        from dataclasses import replace
-
-        from hpcfed.fl.baselines import PooledDataset, centralized_config
-
-        cfg, loop_data = replace(cfg, fl=centralized_config(cfg)), PooledDataset(dataset)
-    return FederatedLoop(cfg, model, flat, loop_data, test, comm, rt.device, callbacks,
-                         algorithm=algorithm), dataset
 
 
 def run(cfg: Config) -> dict:
@@ -119,7 +57,7 @@ def run(cfg: Config) -> dict:
                 log.info("resumed from %s (round %d)", ckpt.path, ckpt.round)
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+            atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())  # the effective config
             loop.callbacks = [
                 MetricsWriter(run_dir / "metrics.jsonl", loop.state.history),
                 ProgressBar(cfg.fl.rounds, initial=loop.state.round, enabled=cfg.progress),
@@ -149,6 +87,7 @@ def run(cfg: Config) -> dict:
             save_peft(run_dir / "final" / "peft.safetensors", loop.flat, loop.theta_global,
                       peft_method=cfg.peft.method, config_hash=cfg.hash(), round=str(state.round))
             export_peft(loop.model, loop.flat, loop.theta_global, run_dir / "final" / "export", cfg)
+            loop.algorithm.save_final(loop, run_dir / "final")
             log.info("done: %s", {k: final[k] for k in ("round", "test_acc", "wall_s") if k in final})
         dataset.close()
         return final
@@ -194,7 +133,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         print(__doc__.strip() + "\n\nKeys: see hpcfed/config.py; example: configs/sst2_minilm_bitfit.yaml")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    _quiet_libraries()
+    quiet_libraries()
     from hpcfed.checkpoint import CheckpointError
     from hpcfed.data import DataError
     from hpcfed.fl.loop import RunStopped
@@ -203,7 +142,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     from hpcfed.signals import EXIT_FAILURES, EXIT_PREEMPTED
 
     try:
-        cfg = load_config(argv)
+        cfg = load_run_config(argv)
         run(cfg)
         return 0
     except (ConfigError, DataError, ModelError, LayoutError, CheckpointError) as e:

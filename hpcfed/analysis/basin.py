@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+
+from hpcfed.atomic import atomic_path, atomic_write_text
 
 Params = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
@@ -261,10 +262,9 @@ def plot(result: dict, path: Path) -> Path:
         ax2.set_ylabel("test accuracy", color="C1")
     ax.set_title(f"barrier {result['barrier']:.4f} (loss)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -319,11 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result["plot"] = str(plot(result, Path(opts["plot"])))
         text = json.dumps(result)
         if opts.get("out"):
-            out = Path(opts["out"])
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-            tmp.write_text(text + "\n")
-            os.replace(tmp, out)
+            atomic_write_text(Path(opts["out"]), text + "\n")
     except (BasinError, ConfigError, DataError, ModelError, LayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

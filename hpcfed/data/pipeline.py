@@ -7,7 +7,6 @@ The command line entry point is ``python -m hpcfed.data.prepare`` (:func:`main`)
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -20,11 +19,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from hpcfed.config import ConfigError, DataConfig
+from hpcfed.config import ConfigError, DataConfig, resolved
 from hpcfed.data.errors import DataError
 from hpcfed.data.partition import partition
 from hpcfed.data.shards import (
-    INDEX_NAME, SCHEMA_VERSION, TEST_FILE, ShardedDataset, ShardWriter, _first_line, _jsonable, read_index,
+    INDEX_NAME, SCHEMA_VERSION, TEST_FILE, ShardedDataset, ShardWriter, first_line, jsonable, read_index,
     shard_file_name, shard_of_client, write_index,
 )
 from hpcfed.data.sources import (
@@ -36,24 +35,6 @@ log = logging.getLogger(__name__)
 # Streams of np.random.default_rng([seed, stream]) besides the partition's default_rng(seed).
 _TRAIN_SUBSAMPLE_STREAM = 1
 _TEST_SUBSAMPLE_STREAM = 2
-
-
-def _resolved(cfg: DataConfig) -> DataConfig:
-    """A DataConfig built in Python keeps its ``${...}`` defaults unresolved; resolve them as load_config does."""
-    if not any(isinstance(v, str) and "${" in v for v in dataclasses.asdict(cfg).values()):
-        return cfg
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from hpcfed.config import _register_resolvers
-
-    _register_resolvers()
-    try:
-        out = OmegaConf.to_object(OmegaConf.structured(cfg))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"data: cannot resolve interpolation ({_first_line(e)})") from None
-    assert isinstance(out, DataConfig)
-    return out
 
 
 def _subsample(n: int, max_n: Optional[int], seed: int, stream: int) -> np.ndarray:
@@ -90,7 +71,7 @@ def _load_tokenizer(name: str):
 
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; report one line
-        raise DataError(f"{name}: cannot load tokenizer ({_first_line(e)})") from None
+        raise DataError(f"{name}: cannot load tokenizer ({first_line(e)})") from None
     if not getattr(tok, "is_fast", False):
         log.warning("tokenizer %s is not a fast tokenizer; prepare will be slow", name)
     tok.padding_side = "right"
@@ -264,7 +245,7 @@ def _is_current(out: Path, cfg: DataConfig, tokenizer: Optional[str]) -> bool:
         index = read_index(out)
     except DataError:
         return False
-    if index["data_config"] != _jsonable(cfg.identity()) or index["name"] != cfg.name:
+    if index["data_config"] != jsonable(cfg.identity()) or index["name"] != cfg.name:
         return False
     if cfg.kind == "text" and index["preprocessing"].get("tokenizer", {}).get("name_or_path") != tokenizer:
         return False
@@ -324,7 +305,7 @@ def prepare(cfg: DataConfig, tokenizer: Optional[str] = None, *, force: bool = F
             data (names the source file), the directory exists (without ``force``) or is not a shard directory.
         ConfigError: no tokenizer given for text; unresolvable config values.
     """
-    cfg = _resolved(cfg)
+    cfg = resolved(cfg)
     out = cfg.resolved_shard_dir()
     if _has_content(out):
         if not force:
@@ -406,7 +387,7 @@ def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool
             "partition": cfg.partition,
             "prepare_id": prepare_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "data_config": _jsonable(cfg.identity()),
+            "data_config": jsonable(cfg.identity()),
             "preprocessing": src.preprocessing(),
             "sources": src.sources(),
             "shards": shards,
@@ -427,7 +408,7 @@ def ensure_prepared(cfg: DataConfig, tokenizer: Optional[str] = None) -> Path:
     Not a lock: on several ranks let one rank call it and the others wait (barrier), then open the directory.
     The source files are not re-read to check for changes; after editing a source in place, use force / --force.
     """
-    cfg = _resolved(cfg)
+    cfg = resolved(cfg)
     out = cfg.resolved_shard_dir()
     tok_name = _tokenizer_name(cfg, tokenizer) if cfg.kind == "text" else None
     if _is_current(out, cfg, tok_name):
@@ -472,7 +453,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.setLevel(logging.INFO)
     try:
         cfg = load_config(args)
-        data = _resolved(cfg.data)
+        data = resolved(cfg.data)
         tokenizer = data.tokenizer or cfg.model.path
         out = data.resolved_shard_dir()
         tok_name = _tokenizer_name(data, tokenizer) if data.kind == "text" else None

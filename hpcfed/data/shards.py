@@ -72,7 +72,8 @@ class ClientData:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
 
@@ -146,7 +147,7 @@ def read_index(root: Path) -> dict:
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: unreadable shard index ({_first_line(e)})") from None
+        raise DataError(f"{path}: unreadable shard index ({first_line(e)})") from None
     if not isinstance(index, dict):
         raise DataError(f"{path}: shard index is not a JSON object")
     version = index.get("schema_version")
@@ -179,7 +180,7 @@ def _h5_errors(path: Path, where: str) -> Iterator[None]:
     except DataError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: {where}: unreadable ({_first_line(e)}); the shard is corrupt (failed checksum "
+        raise DataError(f"{path}: {where}: unreadable ({first_line(e)}); the shard is corrupt (failed checksum "
                         "or damaged metadata), re-run prepare (--force)") from None
 
 
@@ -188,13 +189,13 @@ def _resolve_identity(identity: dict) -> dict:
     records them resolved, so resolve them the same way before comparing."""
     if not any(isinstance(v, str) and "${" in v for v in identity.values()):
         return identity
-    from hpcfed.config import DataConfig
-    from hpcfed.data.pipeline import _resolved
+    from hpcfed.config import DataConfig, resolved
 
-    return _resolved(DataConfig(**identity)).identity()
+    return resolved(DataConfig(**identity)).identity()
 
 
-def _jsonable(d: Any) -> Any:
+def jsonable(d: Any) -> Any:
+    """``d`` as it reads back from JSON (tuples become lists, ...), for comparing with a stored index."""
     return json.loads(json.dumps(d))
 
 
@@ -231,7 +232,7 @@ class ShardedDataset:
         if expect_name is not None and expect_name != self.name:
             raise DataError(f"{root / INDEX_NAME}: shards are of data set {self.name!r}, expected {expect_name!r}")
         if expect_identity is not None:
-            want, have = _jsonable(_resolve_identity(expect_identity)), ix["data_config"]
+            want, have = jsonable(_resolve_identity(expect_identity)), ix["data_config"]
             if want != have:
                 keys = sorted(k for k in set(want) | set(have) if want.get(k, "<absent>") != have.get(k, "<absent>"))
                 diff = ", ".join(f"{k}={have.get(k, '<absent>')!r} (expected {want.get(k, '<absent>')!r})"
@@ -279,7 +280,7 @@ class ShardedDataset:
                 what = f"truncated or overwritten ({size} bytes, index records {expect_bytes})"
             else:
                 what = "not a readable HDF5 file"
-            raise DataError(f"{path}: {what} ({_first_line(e)}); re-run prepare (--force)") from None
+            raise DataError(f"{path}: {what} ({first_line(e)}); re-run prepare (--force)") from None
         try:
             with _h5_errors(path, "file attributes"):
                 self._check_attrs(path, f, shard_id)

@@ -1,8 +1,9 @@
 """The algorithm interface of the round loop, its registry, and its hyperparameter parsing.
 
-An algorithm is one file under ``hpcfed/fl/`` with a class derived from :class:`Algorithm`, registered by
-name with :func:`register`, and (optionally) a dataclass of hyperparameters read from the config section
-``fl.algo`` (defaults from its paper). The loop never asks what an algorithm is; it calls these hooks, in
+An algorithm (a method from the literature) is one file under ``hpcfed/algorithms/`` with a class derived
+from :class:`Algorithm`, registered by name there (:mod:`hpcfed.algorithms.registry`), and (optionally) a
+dataclass of hyperparameters read from the config section ``fl.algo`` (defaults from its paper). This module
+is the engine's side of that contract: the hooks and the parsing of ``fl.algo``. The loop never asks what an algorithm is; it calls these hooks, in
 this order:
 
 =====================================  ==========================================================================
@@ -16,11 +17,14 @@ seed, cid)``
 ``after_round(loop, r)``               after the server step (every rank; may use ``loop.comm``); returns
                                        extra metrics
 ``evaluate(loop)``                     metrics of the global model (default: test loss / accuracy)
+``save_final(loop, final_dir)``        the method's own final files (main process only, after the last round)
 ``state_tensors()`` / ``load_state``   extra state for exact resumption (checkpointed with prefix ``algo.``)
 =====================================  ==========================================================================
 
-Everything an algorithm does between ranks goes through ``loop.comm``; the aggregation itself stays the
-loop's ONE all-reduce of the flat buffer per round.
+A method never sees a rank: everything it does between processes goes through ``loop.comm``
+(:class:`~hpcfed.dist.Comm`: ``all_reduce_sum`` with its own tag, ``broadcast``, ``on_main`` to run a step on one
+process and share the result, ``share`` / ``shard`` to split work), and files are written by the engine or in
+``save_final``; the aggregation itself stays the loop's ONE all-reduce of the flat buffer per round.
 """
 
 from __future__ import annotations
@@ -38,41 +42,6 @@ from hpcfed.fl.client import GradHook, LocalResult, LocalTrainer
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
     from hpcfed.peft import FlatParams
-
-ALGORITHMS: dict[str, type["Algorithm"]] = {}
-"""Registered algorithms by name (``fl.algorithm``)."""
-
-
-def register(cls: type["Algorithm"]) -> type["Algorithm"]:
-    """Class decorator: make ``cls`` selectable as ``fl.algorithm=<cls.name>``."""
-    ALGORITHMS[cls.name] = cls
-    return cls
-
-
-def get_algorithm(name: str) -> type["Algorithm"]:
-    """The registered class for ``name``.
-
-    Raises:
-        ConfigError: no algorithm of that name.
-    """
-    _import_builtin()
-    if name not in ALGORITHMS:
-        raise ConfigError(f"fl.algorithm={name!r} is not one of {', '.join(sorted(ALGORITHMS))}")
-    return ALGORITHMS[name]
-
-
-def _import_builtin() -> None:
-    # Importing the modules registers them; kept lazy so that hpcfed.config can validate without a cycle.
-    import hpcfed.fl.fedavg  # noqa: F401
-    import hpcfed.fl.fedprox  # noqa: F401
-
-    for mod in ("feddat", "fedyolo", "fedpft", "fedssl"):
-        try:
-            __import__(f"hpcfed.fl.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"hpcfed.fl.{mod}":
-                raise
-
 
 def parse_params(params_cls: Optional[type], values: dict[str, Any], algorithm: str):
     """Build the algorithm's hyperparameter dataclass from ``fl.algo``.
@@ -114,13 +83,6 @@ def parse_params(params_cls: Optional[type], values: dict[str, Any], algorithm: 
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"fl.algo ({algorithm}): {e}") from None
-
-
-def validate(cfg: Config) -> None:
-    """Check ``fl.algorithm`` and ``fl.algo`` (called by :func:`hpcfed.config.load_config`)."""
-    cls = get_algorithm(cfg.fl.algorithm)
-    parse_params(cls.Params, cfg.fl.algo, cls.name)
-    cls.check_config(cfg)
 
 
 class Algorithm:
@@ -192,6 +154,11 @@ class Algorithm:
     def evaluate(self, loop: "FederatedLoop") -> dict:
         """Metrics of the global model; default: loss and accuracy on the global test split."""
         return loop.evaluate_test()
+
+    def save_final(self, loop: "FederatedLoop", final_dir) -> None:
+        """Write the method's own final outputs into ``final_dir`` (a :class:`pathlib.Path`) beside the PEFT
+        weights. Called once, by the entry point, on the main process only, after the last round; default:
+        nothing."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Extra tensors a checkpoint must hold to resume exactly (names without the ``algo.`` prefix)."""

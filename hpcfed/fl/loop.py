@@ -22,7 +22,7 @@ from hpcfed.config import Config
 from hpcfed.data import ClientData, ShardedDataset
 from hpcfed.dist import Comm, place_clients
 from hpcfed.fl.aggregate import Aggregator
-from hpcfed.fl.algorithm import Algorithm, get_algorithm
+from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalTrainer, evaluate
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
@@ -86,8 +86,9 @@ class FederatedLoop:
         comm: the communicator.
         device: compute device.
         callbacks: called at the end of each round with the round's metrics.
-        algorithm: the algorithm instance (default: a new one of ``cfg.fl.algorithm``); its ``setup(loop)``
-            runs at the end of construction.
+        algorithm: the method's instance (built by the composition root from ``cfg.fl.algorithm``; default:
+            the base :class:`~hpcfed.fl.algorithm.Algorithm`, i.e. FedAvg); its ``setup(loop)`` runs at the end
+            of construction.
     """
 
     def __init__(self, cfg: Config, model: nn.Module, flat: FlatParams, dataset: ShardedDataset,
@@ -98,7 +99,7 @@ class FederatedLoop:
         self.stop_flag = stop_flag
         self.test_data, self.comm, self.device = test_data, comm, device
         self.callbacks = callbacks or []
-        self.algorithm = algorithm if algorithm is not None else get_algorithm(cfg.fl.algorithm)(cfg)
+        self.algorithm = algorithm if algorithm is not None else Algorithm(cfg)
         self.trainer = LocalTrainer(model, flat, cfg.fl.local, device, kernel_backend,
                                     head_only=cfg.peft.method == "head")
         self.aggregator = Aggregator(flat.numel, device, kernel_backend)

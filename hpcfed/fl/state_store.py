@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from hpcfed.checkpoint import fsync_dir
+from hpcfed.atomic import atomic_path
 
 _VERSION = re.compile(r"^r(\d{6,})\.safetensors$")
 
@@ -85,17 +84,9 @@ class ClientStateStore:
         if not tensors:
             raise ValueError("nothing to store")
         path = self.path(cid, round_idx)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic_path(path) as tmp:
             save_file(cpu, str(tmp), metadata={"cid": str(cid), "round": str(round_idx)})
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(path.parent)
         self._remember((int(cid), int(round_idx)), cpu)
         return path
 
@@ -126,6 +117,10 @@ class ClientStateStore:
             self._cache.popitem(last=False)
 
     # -- housekeeping ----------------------------------------------------------------------------------
+    def clear_cache(self) -> None:
+        """Forget the in-memory copies (after another rank changed the files, e.g. a purge)."""
+        self._cache.clear()
+
     def prune(self, keep_from_round: int) -> int:
         """Delete every version shadowed by a newer version ≤ ``keep_from_round``; returns how many.
 

@@ -22,11 +22,8 @@ import torch
 from torch import nn
 
 from hpcfed.config import ConfigError, ModelConfig
+from hpcfed.models.errors import ModelError
 from hpcfed.models.packing import pack_sequences
-
-
-class ModelError(ValueError):
-    """A model that cannot be built from the config (missing path, unknown architecture)."""
 
 
 # First position id of a packed sequence per transformers model_type (None: pad_token_id + 1, RoBERTa style).

@@ -65,7 +65,7 @@ def create_clip(cfg: ModelConfig):
     """
     import open_clip
 
-    from hpcfed.models.build import ModelError
+    from hpcfed.models.errors import ModelError
 
     if cfg.arch == "tiny" and not cfg.path:
         from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
@@ -174,7 +174,7 @@ def build_clip_classifier(cfg: ModelConfig, num_classes: int,
     Raises:
         ModelError: see :func:`create_clip`; ``class_names`` of the wrong length.
     """
-    from hpcfed.models.build import ModelError
+    from hpcfed.models.errors import ModelError
 
     if class_names is not None and len(class_names) != num_classes:
         raise ModelError(f"{len(class_names)} class names for num_classes={num_classes}")

@@ -36,7 +36,7 @@ from torch import nn
 
 from hpcfed.config import ConfigError, PeftConfig
 from hpcfed.peft.arch import find_encoder
-from hpcfed.peft.methods import is_head, register
+from hpcfed.peft.registry import is_head, register
 
 ADAPTER_PREFIX = "adapter_"
 

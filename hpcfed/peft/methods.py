@@ -13,29 +13,12 @@ Methods: ``head``, ``bias``, ``full``, ``lora`` (here), ``adapter`` (:mod:`hpcfe
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
 from hpcfed.config import ConfigError, PeftConfig
 from hpcfed.peft.flat import FlatParams
+from hpcfed.peft.registry import METHODS, is_head, register
 
-MethodFn = Callable[[nn.Module, PeftConfig], list[str]]
-METHODS: dict[str, MethodFn] = {}
-
-
-def register(name: str) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: register a PEFT method under ``name`` (the value of ``peft.method``)."""
-
-    def deco(fn: MethodFn) -> MethodFn:
-        METHODS[name] = fn
-        return fn
-
-    return deco
-
-
-def is_head(name: str) -> bool:
-    return name.startswith("head.")
 
 
 @register("head")
@@ -122,8 +105,3 @@ def apply_peft(model: nn.Module, cfg: PeftConfig) -> FlatParams:
         p.requires_grad_(False)
     names = METHODS[cfg.method](model, cfg)
     return FlatParams(model, names)
-
-
-# Methods in their own modules register themselves on import (kept last: they import `register` from here).
-from hpcfed.peft import adapter as _adapter  # noqa: E402,F401
-from hpcfed.peft import prompt as _prompt  # noqa: E402,F401

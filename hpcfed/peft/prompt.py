@@ -35,7 +35,7 @@ from torch import nn
 
 from hpcfed.config import ConfigError, PeftConfig
 from hpcfed.peft.arch import Encoder, backbone_family, find_encoder
-from hpcfed.peft.methods import is_head, register
+from hpcfed.peft.registry import is_head, register
 
 
 def is_prompt(name: str) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,26 +251,18 @@ def save_backbone(path: Path, backbone: nn.Module, meta: dict) -> Path:
     Raises:
         OSError: the file cannot be written (safetensors' own error is re-raised as OSError).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from hpcfed.atomic import atomic_path
+
+    path = Path(path)
     sd = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in backbone.state_dict().items()}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     try:
-        save_file(sd, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta, sort_keys=True)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates the file 0600; give it the usual permissions
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # the usual permission bits, not safetensors' 0600
+            save_file(sd, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta, sort_keys=True)})
     except SafetensorError as e:
         raise OSError(str(e)) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

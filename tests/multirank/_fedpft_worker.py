@@ -12,13 +12,13 @@ import torch
 
 from hpcfed.config import load_config
 from hpcfed.dist import CountingComm, init_runtime, make_comm
-from hpcfed.fl import submodel as sm
-from hpcfed.main import _quiet_libraries, build_loop
+from hpcfed.algorithms import fedpft_submodel as sm
+from hpcfed.compose import build_loop, quiet_libraries
 
 
 def main() -> None:
     prefix = sys.argv[1]
-    _quiet_libraries()
+    quiet_libraries()
     cfg = load_config(sys.argv[2:])
     rt = init_runtime(device="cpu", backend="gloo", timeout_s=120, num_threads=1)
     comm = CountingComm(make_comm())

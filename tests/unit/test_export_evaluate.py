@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from hpcfed.config import load_config, save_config
+from hpcfed.atomic import atomic_write_text
+from hpcfed.config import load_config
 from hpcfed.data import ShardedDataset, prepare_shards
 from hpcfed.data.synthetic import write_image_folder
 from hpcfed.evaluate import cli
@@ -43,7 +44,7 @@ def _make_run(words, method, name):
     with torch.no_grad():
         flat.data.add_(0.05 * torch.randn(flat.data.shape, generator=torch.Generator().manual_seed(3)))
     run_dir = cfg.run_dir
-    save_config(cfg, run_dir / "config.yaml")
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     save_peft(run_dir / "final" / "peft.safetensors", flat, flat.data, peft_method=method)
     export = export_peft(model, flat, flat.data, run_dir / "final" / "export", cfg)
     sums = evaluate(model, test, torch.device("cpu"))

@@ -8,8 +8,8 @@ import torch
 
 from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import LocalComm
-from hpcfed.fl.feddat import DualAdapter, FedDATParams, Mode, kd_kl, mkd_loss
-from hpcfed.main import build_loop
+from hpcfed.algorithms.feddat import DualAdapter, FedDATParams, Mode, kd_kl, mkd_loss
+from hpcfed.compose import build_loop, load_run_config
 
 ALGO = ["fl.algorithm=feddat", "peft.method=adapter", "peft.adapter_reduction_factor=8"]
 
@@ -75,16 +75,16 @@ def test_params_defaults_and_errors(toy_text):
     p = FedDATParams()
     assert (p.kd_temperature, p.kd_weight, p.variant) == (3.0, 1.0, "dat")
     cfg = load_config(toy_text + ALGO + ["fl.algo.kd_temperature=2", "fl.algo.client_lr=0.01"])
-    from hpcfed.fl.algorithm import get_algorithm
+    from hpcfed.algorithms import get_algorithm
 
     algo = get_algorithm("feddat")(cfg)
     assert algo.params.kd_temperature == 2.0 and algo.params.client_lr == 0.01
     for bad, key in ((["fl.algo.kd_temperature=0"], "kd_temperature"), (["fl.algo.variant=x"], "variant"),
                      (["fl.algo.nope=1"], "nope"), (["fl.algo.eval_clients=-1"], "eval_clients")):
         with pytest.raises(ConfigError, match=key):
-            load_config(toy_text + ALGO + bad)
+            load_run_config(toy_text + ALGO + bad)
     with pytest.raises(ConfigError, match="peft.method"):
-        load_config(toy_text + ["fl.algorithm=feddat", "peft.method=bias"])
+        load_run_config(toy_text + ["fl.algorithm=feddat", "peft.method=bias"])
 
 
 # -- model, aggregation, store ------------------------------------------------------------------------------

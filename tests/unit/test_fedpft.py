@@ -1,5 +1,5 @@
 """FedPFT (Peng et al., IJCAI 2024): sub-model construction, distillation losses, APoZ and freezing, and its
-aggregation, on hand-computed tiny cases (hpcfed/fl/fedpft.py, hpcfed/fl/submodel.py)."""
+aggregation, on hand-computed tiny cases (hpcfed/algorithms/fedpft.py, hpcfed/algorithms/fedpft_submodel.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from hpcfed.config import ConfigError, load_config
 from hpcfed.data import ClientData
 from hpcfed.dist import LocalComm
-from hpcfed.fl import submodel as sm
-from hpcfed.fl.fedpft import FedPFT, FedPFTParams
-from hpcfed.main import build_loop
+from hpcfed.algorithms import fedpft_submodel as sm
+from hpcfed.algorithms.fedpft import FedPFT, FedPFTParams
+from hpcfed.compose import build_loop, load_run_config
 from tests.conftest import tiny_model_args
 
 
@@ -128,7 +128,7 @@ def test_apoz_and_freeze_mask_hand_computed():
 
 
 def test_apoz_counter_counts_nonpositive_activations_on_real_tokens():
-    from hpcfed.fl.fedpft import _ApozCounter
+    from hpcfed.algorithms.fedpft import _ApozCounter
 
     model = _tiny_classifier(num_layers=3)
     lay = sm.encoder_layers(model.backbone)[1]
@@ -214,9 +214,9 @@ def test_params_validation(toy_text):
     for bad in ("fl.algo.keep_ratio=0", "fl.algo.freeze=some", "fl.algo.freeze_ratio=1.5", "fl.algo.align_every=-1",
                 "fl.algo.compressed_layers=a,b", "fl.algo.nope=1"):
         with pytest.raises(ConfigError, match="fl.algo"):
-            load_config(toy_text + ["peft.method=lora", "fl.algorithm=fedpft", bad])
+            load_run_config(toy_text + ["peft.method=lora", "fl.algorithm=fedpft", bad])
     with pytest.raises(ConfigError, match="peft.method"):
-        load_config(toy_text + ["peft.method=bias", "fl.algorithm=fedpft"])
+        load_run_config(toy_text + ["peft.method=bias", "fl.algorithm=fedpft"])
 
 
 # ------------------------------------------------------------------------------------- in the loop
@@ -275,8 +275,8 @@ def test_aggregation_is_weighted_mean_of_client_lora_and_evaluates_full_model(to
 
 
 class _TwoRankComm:
-    """Rank 0 of a fake world of two: the other rank adds ``other`` to the APoZ all-reduce and zeros to the
-    sub-model one."""
+    """Rank 0 of a fake world of two: the other rank adds ``other`` to the APoZ all-reduce; the sub-model is
+    broadcast from here."""
 
     rank, world_size = 0, 2
 
@@ -292,6 +292,13 @@ class _TwoRankComm:
 
     def broadcast_object(self, obj, src=0):
         return obj
+
+    def broadcast(self, t, *, tag="broadcast"):
+        self.tags.append(tag)
+        return t
+
+    def on_main(self, fn, *, share_result=True):
+        return fn()
 
 
 def test_apoz_counts_are_summed_over_ranks_before_freezing(toy_text, monkeypatch):

@@ -1,4 +1,4 @@
-"""Federated SimSiam pre-training through the FL loop (hpcfed/fl/fedssl.py)."""
+"""Federated SimSiam pre-training through the FL loop (hpcfed/algorithms/fedsimsiam.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 
 from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import LocalComm
-from hpcfed.main import build_loop, run
+from hpcfed.compose import build_loop, load_run_config
+from hpcfed.main import run
 from tests.conftest import tiny_model_args
 
 
@@ -78,4 +79,4 @@ def test_run_writes_a_backbone_that_supervised_fl_loads(img_words):
 ])
 def test_config_errors(img_words, words, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
-        load_config([*img_words, "fl.algorithm=fedsimsiam", *words])
+        load_run_config([*img_words, "fl.algorithm=fedsimsiam", *words])

@@ -11,9 +11,9 @@ from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import LocalComm
 from hpcfed.fl.algorithm import parse_params
 from hpcfed.fl.client import LocalResult
-from hpcfed.fl.fedyolo import FedYolo, FedYoloParams, build_multitask, task_masks
-from hpcfed.fl.multitask import assign_tasks, wordorder_rows
-from hpcfed.main import build_loop
+from hpcfed.algorithms.fedyolo import FedYolo, FedYoloParams, build_multitask, task_masks
+from hpcfed.algorithms.fedyolo_tasks import assign_tasks, wordorder_rows
+from hpcfed.compose import build_loop, load_run_config
 from tests.conftest import tiny_model_args
 
 
@@ -42,9 +42,9 @@ def test_params_defaults_and_errors():
 
 def test_config_rejects_wordorder_on_images_and_centralized():
     with pytest.raises(ConfigError, match="wordorder"):
-        load_config(["fl.algorithm=fedyolo", "data.kind=image"] + tiny_model_args("timm_vit"))
+        load_run_config(["fl.algorithm=fedyolo", "data.kind=image"] + tiny_model_args("timm_vit"))
     with pytest.raises(ConfigError, match="fl.mode"):
-        load_config(["fl.algorithm=fedyolo", "fl.mode=centralized"])
+        load_run_config(["fl.algorithm=fedyolo", "fl.mode=centralized"])
 
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -211,13 +211,13 @@ def test_evaluate_reports_each_task(toy_text):
 
 
 def test_is_registered():
-    from hpcfed.fl.algorithm import get_algorithm
+    from hpcfed.algorithms import get_algorithm
 
     assert get_algorithm("fedyolo") is FedYolo
 
 
 def test_demo_summary_hand_case():
-    from hpcfed.fl.fedyolo import summarize_demo
+    from hpcfed.fedyolo_demo import summarize_demo
 
     hist = [{"round": 1, "bytes_up": 40, "bytes_down_modules": 60, "bytes_full_model_fl": 10_000,
              "phase1_test_acc_task0": 0.75},

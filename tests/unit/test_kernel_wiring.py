@@ -8,7 +8,7 @@ from hpcfed import kernels
 from hpcfed.config import load_config
 from hpcfed.dist import LocalComm
 from hpcfed.fl.loop import FederatedLoop
-from hpcfed.main import build_loop
+from hpcfed.compose import build_loop
 
 
 class _Rt:

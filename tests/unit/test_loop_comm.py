@@ -10,7 +10,7 @@ import hpcfed.kernels as kernels
 from hpcfed.config import load_config
 from hpcfed.dist import CountingComm, LocalComm
 from hpcfed.fl.aggregate import STATS
-from hpcfed.main import build_loop
+from hpcfed.compose import build_loop
 
 
 class _Rt:

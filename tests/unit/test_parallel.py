@@ -12,8 +12,8 @@ from hpcfed.config import load_config
 from hpcfed.dist import LocalComm
 from hpcfed.fl.client import LocalTrainer
 from hpcfed.fl.parallel import GroupTrainer, make_groups, unsupported_reason
-from hpcfed.fl.fedavg import FedAvg
-from hpcfed.main import build_loop
+from hpcfed.algorithms.fedavg import FedAvg
+from hpcfed.compose import build_loop
 from hpcfed.models import build_model
 from hpcfed.peft import apply_peft
 from tests.conftest import tiny_model_args, toy_client_data
@@ -114,7 +114,7 @@ def test_unsupported_cases_named():
     cfg2 = load_config(tiny_model_args("hf_text") + ["fl.local.steps=null"])
     assert "epochs" in unsupported_reason(cfg2, model, FedAvg(cfg2))
     cfg3 = load_config(tiny_model_args("hf_text") + ["fl.local.steps=2", "fl.algorithm=fedprox"])
-    from hpcfed.fl.fedprox import FedProx
+    from hpcfed.algorithms.fedprox import FedProx
 
     assert "gradient term" in unsupported_reason(cfg3, model, FedProx(cfg3))
 

@@ -39,9 +39,10 @@ import torch
 from torch import nn
 
 from hpcfed.config import Config, ConfigError
-from hpcfed.fl.algorithm import Algorithm, parse_params, register
+from hpcfed.algorithms.registry import register
+from hpcfed.fl.algorithm import Algorithm, parse_params
 from hpcfed.fl.client import LocalResult, LocalTrainer, evaluate
-from hpcfed.fl.multitask import TASK_KINDS, MultiTaskDataset, assign_tasks, open_tasks
+from hpcfed.algorithms.fedyolo_tasks import TASK_KINDS, MultiTaskDataset, assign_tasks, open_tasks
 from hpcfed.fl.sampling import cohort_for_round
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,10 +66,10 @@ class FedYoloParams:
 
     tasks: str = "label,wordorder"
     """Comma-separated task kinds, in flat-buffer order: 'label' (the data set's own labels, ``data.*``),
-    'wordorder' (word-order detection derived from the same text; see :mod:`hpcfed.fl.multitask`)."""
+    'wordorder' (word-order detection derived from the same text; see :mod:`hpcfed.algorithms.fedyolo_tasks`)."""
     task_share: float = 1.0
     """Fraction of the clients that hold each task, in (0, 1]; the assignment is a seeded cyclic window per
-    task (:func:`~hpcfed.fl.multitask.assign_tasks`), so with T·share > 1 some clients hold several tasks.
+    task (:func:`~hpcfed.algorithms.fedyolo_tasks.assign_tasks`), so with T·share > 1 some clients hold several tasks.
     1.0: every client holds every task (the paper's multi-task clients)."""
     assign_seed: int = 0
     """Seed of the client → tasks assignment (independent of the training and partition seeds)."""
@@ -171,7 +172,7 @@ def build_multitask(cfg: Config, num_classes: list[int], class_names=None,
     """The classifier with one module and one head per task on one backbone, and its flat buffer.
 
     Layout (offset order): ``[shared | M_0, h_0 | M_1, h_1 | ...]`` where ``shared`` is the backbone under
-    ``full``/``bias`` (empty otherwise). Seeded by ``cfg.seed`` (same initial model on every rank).
+    ``full``/``bias`` (empty otherwise). Seeded by ``cfg.seed`` (same initial model in every process).
 
     Args:
         cfg: run config (``model.*``, ``peft.*``).
@@ -188,7 +189,7 @@ def build_multitask(cfg: Config, num_classes: list[int], class_names=None,
     from hpcfed.peft import FlatParams
     from hpcfed.peft.adapter import add_adapters
     from hpcfed.peft.arch import find_encoder
-    from hpcfed.peft.methods import METHODS
+    from hpcfed.peft import METHODS
 
     method, num_tasks = cfg.peft.method, len(num_classes)
     torch.manual_seed(cfg.seed)
@@ -382,14 +383,14 @@ class FedYolo(Algorithm):
 
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self, loop: "FederatedLoop") -> dict:
-        """Per-task test loss/accuracy of the global model (each task's test split, sharded over ranks, ONE
+        """Per-task test loss/accuracy of the global model (each task's test split, split over processes, ONE
         all-reduce); ``test_acc`` / ``test_loss`` are their means over tasks."""
         loop.flat.data.copy_(loop.theta_global)
         sums = []
         for t, test in enumerate(self.tests):
             self.switch.set(t)
             sums.append(evaluate(loop.model, test, loop.device, batch_size=loop.cfg.eval.batch_size,
-                                 bf16=loop.cfg.fl.local.bf16, shard=(loop.comm.rank, loop.comm.world_size)))
+                                 bf16=loop.cfg.fl.local.bf16, shard=loop.comm.shard))
         self.switch.set(0)
         s = loop.comm.all_reduce_sum(torch.cat(sums), tag="eval").view(-1, 3).tolist()
         out = {}
@@ -399,102 +400,3 @@ class FedYolo(Algorithm):
         out["test_loss"] = float(np.mean([out[f"test_loss_task{t}"] for t in range(self.num_tasks)]))
         out["test_acc"] = float(np.mean([out[f"test_acc_task{t}"] for t in range(self.num_tasks)]))
         return out
-
-
-# ------------------------------------------------------------------------------------------------- the demo
-DEMO_VARIANTS = {
-    "fedyolo_joint": [],
-    "fedyolo_sequential": ["fl.algo.schedule=sequential", "eval.every_rounds=1000"],
-    "full_sequential": ["config=configs/algo/fedyolo_full.yaml", "fl.algo.schedule=sequential",
-                        "eval.every_rounds=1000"],
-}
-"""Runs of ``python -m hpcfed.fl.fedyolo``: name → config words over ``configs/algo/fedyolo.yaml``."""
-
-
-def _read_metrics(path) -> list[dict]:
-    import json
-
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def summarize_demo(histories: dict[str, list[dict]]) -> tuple[dict, str]:
-    """Per run: per-task accuracy at the end (and after phase 1 for sequential runs), bytes per round and in
-    total (up + down) against full-model FL. Returns (summary dict, markdown table)."""
-    summary = {}
-    rows = [("| run | task 0 (sentiment) acc after phase 1 | task 0 acc at end | task 1 (word order) acc at end "
-             "| bytes/round up+down | total bytes | full-model FL total | ratio |"), "|---" * 8 + "|"]
-    for name, hist in histories.items():
-        rounds = [m for m in hist if m.get("round", 0) > 0]
-        last = rounds[-1]
-        up = sum(m["bytes_up"] for m in rounds)
-        down = sum(m["bytes_down_modules"] for m in rounds)
-        full = sum(m["bytes_full_model_fl"] for m in rounds)
-        phase = next((m["phase1_test_acc_task0"] for m in rounds if "phase1_test_acc_task0" in m), None)
-        s = {"rounds": len(rounds), "acc_task0_end": last.get("test_acc_task0"),
-             "acc_task1_end": last.get("test_acc_task1"), "acc_task0_after_phase1": phase,
-             "bytes_up": up, "bytes_down": down, "bytes_total": up + down, "bytes_full_model_fl": full,
-             "ratio_full_over_run": full / max(up + down, 1), "wall_s": last.get("wall_s")}
-        summary[name] = s
-        pct = (lambda v: "—" if v is None else f"{100 * v:.1f}")
-        rows.append(f"| {name} | {pct(phase)} | {pct(s['acc_task0_end'])} | {pct(s['acc_task1_end'])} | "
-                    f"{(up + down) / len(rounds) / 1e6:.2f} MB | {(up + down) / 1e6:.1f} MB | {full / 1e9:.2f} GB | "
-                    f"{s['ratio_full_over_run']:.0f}× |")
-    return summary, "\n".join(rows)
-
-
-def demo(argv: Optional[list[str]] = None) -> int:
-    """``python -m hpcfed.fl.fedyolo [--np N] [--only NAME ...] [key=value ...]``: run the variants of
-    :data:`DEMO_VARIANTS` one after the other (each ``python -m hpcfed.main``; under ``mpirun -n N`` when
-    N > 1), then print the accuracy/bytes table and write ``<out_dir>/fedyolo_demo.json``.
-
-    Extra ``key=value`` words go to every run (e.g. ``fl.rounds=4`` for a quicker look).
-    """
-    import argparse
-    import json
-    import shutil
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    ap = argparse.ArgumentParser(prog="python -m hpcfed.fl.fedyolo", description=demo.__doc__)
-    ap.add_argument("--np", type=int, default=1, help="MPI ranks per run (1: a plain process)")
-    ap.add_argument("--only", nargs="*", default=None, help="subset of: " + ", ".join(DEMO_VARIANTS))
-    ap.add_argument("--config", default="configs/algo/fedyolo.yaml")
-    args, words = ap.parse_known_args(argv)
-    from hpcfed.config import load_config
-
-    base = load_config([f"config={args.config}", *words])
-    histories = {}
-    for name, extra in DEMO_VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
-        cmd = [sys.executable, "-m", "hpcfed.main", f"config={args.config}", *extra, *words, f"name={name}",
-               "checkpoint.resume=none", "progress=false"]
-        if args.np > 1:
-            cmd = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(args.np),
-                   *cmd, "dist.num_threads=1"]
-        t0 = time.perf_counter()
-        print(f"== {name}: {' '.join(cmd[cmd.index('-m') + 1:])}", flush=True)
-        r = subprocess.run(cmd, check=False)
-        if r.returncode != 0:
-            print(f"{name} failed with exit status {r.returncode}", file=sys.stderr)
-            return r.returncode
-        hist = _read_metrics(Path(base.out_dir) / name / "metrics.jsonl")
-        hist[-1]["wall_s"] = time.perf_counter() - t0
-        histories[name] = hist
-    out = Path(base.out_dir) / "fedyolo_demo.json"
-    if args.only and out.is_file():  # a partial rerun adds to / replaces entries of the previous summary
-        histories = {**json.loads(out.read_text())["histories"], **histories}
-    summary, table = summarize_demo(histories)
-    out.write_text(json.dumps({"summary": summary, "histories": histories}, indent=1) + "\n")
-    print(table)
-    print(json.dumps(summary, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(demo())

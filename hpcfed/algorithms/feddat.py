@@ -32,7 +32,7 @@ Choices where the paper is silent (documented in docs/results/feddat.md):
 * the classification head is shared (in the flat buffer with A_S, averaged); it is trained in step 2 only and
   frozen in step 3, so A_C adapts the features to the shared head;
 * a client seen for the first time starts with A_C = the initial adapter (down-projection from ``seed``,
-  up-projection zero: the identity), the same for every client and rank;
+  up-projection zero: the identity), the same for every client and process;
 * the moments of the local optimizers restart every round (the reference code builds a new optimizer per
   local training);
 * personalised metrics are measured on each client's own held-out split (``fl.local_only_holdout`` of its
@@ -55,7 +55,8 @@ from torch import nn
 from hpcfed import kernels
 from hpcfed.config import Config, ConfigError
 from hpcfed.data import ClientData
-from hpcfed.fl.algorithm import Algorithm, register
+from hpcfed.algorithms.registry import register
+from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.baselines import split_holdout
 from hpcfed.fl.client import (
     LocalResult,
@@ -100,7 +101,7 @@ class FedDATParams:
     """Also evaluate the DAT and A_C-only models of this many of those clients on the global test split
     (costs one pass over the test split per client and mode)."""
     state_cache: int = 64
-    """Client states kept decoded in memory per rank (LRU)."""
+    """Client states kept decoded in memory per process (LRU)."""
 
     def __post_init__(self) -> None:
         if not self.kd_temperature > 0:
@@ -297,7 +298,7 @@ class FedDAT(Algorithm):
         """The classifier with a :class:`DualAdapter` per site; returns (model, flat of A_S + head).
 
         ``self.client_flat`` holds A_C and ``self.global_flat`` Â_S (same layout order as A_S in the flat
-        buffer). Seeded by ``cfg.seed``: every rank builds the same initial adapters.
+        buffer). Seeded by ``cfg.seed``: every process builds the same initial adapters.
         """
         from hpcfed.models import build_model
 
@@ -369,11 +370,9 @@ class FedDAT(Algorithm):
             # First round of this process (fresh or resumed at round_idx - 1): versions of rounds ≥ round_idx
             # belong to a crashed or an earlier run and must not be read; delete them before anyone writes.
             self._started = True
-            if self.dat:
-                if loop.comm.rank == 0:
-                    self.store.purge_from(round_idx)
-                loop.comm.barrier()
-                self.store._cache.clear()
+            if self.dat:  # one process purges the shared store; all meet before anyone reads it
+                loop.comm.on_main(lambda: self.store.purge_from(round_idx), share_result=False)
+                self.store.clear_cache()
 
     def local_update(self, trainer: LocalTrainer, theta_global: torch.Tensor, data: ClientData, seed: int,
                      client_id: int) -> LocalResult:
@@ -448,17 +447,18 @@ class FedDAT(Algorithm):
         return LocalResult(loss, seen, len(batches), float(last))
 
     def after_round(self, loop: FederatedLoop, round_idx: int) -> dict:
-        """Rank 0 prunes client-state versions no kept checkpoint can need (module docstring of
+        """One process prunes client-state versions no kept checkpoint can need (module docstring of
         :mod:`hpcfed.fl.state_store`); nothing with ``checkpoint.every_rounds=0``."""
         ck = self.run_cfg.checkpoint
-        if self.dat and loop.comm.rank == 0 and ck.every_rounds > 0:
-            self.store.prune(round_idx - ck.every_rounds * (ck.keep_last + 1))
+        if self.dat and ck.every_rounds > 0:
+            keep_from = round_idx - ck.every_rounds * (ck.keep_last + 1)
+            loop.comm.on_main(lambda: self.store.prune(keep_from), share_result=False)
         return {}
 
     # -- evaluation ------------------------------------------------------------------------------------
     def eval_clients(self, loop: FederatedLoop) -> list[int]:
         """The clients of the personalised evaluation: the lowest ids among those in a cohort of rounds
-        1.. current (the same list on every rank), at most ``eval_clients``."""
+        1.. current (the same list in every process), at most ``eval_clients``."""
         from hpcfed.fl.sampling import cohort_for_round
 
         seen: set[int] = set()
@@ -467,7 +467,7 @@ class FedDAT(Algorithm):
         return sorted(seen)[: self.params.eval_clients]
 
     def evaluate(self, loop: FederatedLoop) -> dict[str, Any]:
-        """Global and personalised metrics (identical on every rank).
+        """Global and personalised metrics (identical in every process).
 
         * ``test_acc`` / ``test_loss``: the global model (A_S-only = θ_global) on the global test split;
         * ``{dat,ac,as}_local_acc`` / ``_loss``: DAT, A_C-only and A_S-only (the global model) on each
@@ -490,8 +490,9 @@ class FedDAT(Algorithm):
         test = torch.zeros(max(k_test, 1), 2, 3, dtype=torch.float64, device=dev)
         saved_client = self.client_flat.data.clone()
         try:
+            my_share = set(comm.share(range(len(cids))))  # this process evaluates these clients
             for i, cid in enumerate(cids):
-                mine = i % comm.world_size == comm.rank
+                mine = i in my_share
                 if self.dat and (mine or i < k_test):
                     self.client_flat.data.copy_(self.client_state(cid, self._round + 1))
                 if mine:
@@ -501,11 +502,11 @@ class FedDAT(Algorithm):
                         for j, m in enumerate(modes):
                             with self.mode(m):
                                 local[i, j] = evaluate(loop.model, hold, dev, batch_size=bs, bf16=bf16)
-                if i < k_test and loop.test_data is not None:  # the test split is sharded over ranks
+                if i < k_test and loop.test_data is not None:  # the test split is split over processes
                     for j, m in enumerate((Mode.DAT, Mode.CLIENT)):
                         with self.mode(m):
                             test[i, j] = evaluate(loop.model, loop.test_data, dev, batch_size=bs, bf16=bf16,
-                                                  shard=(comm.rank, comm.world_size))
+                                                  shard=comm.shard)
         finally:
             self.client_flat.data.copy_(saved_client)
         comm.all_reduce_sum(local, tag="eval")

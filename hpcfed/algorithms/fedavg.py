@@ -8,7 +8,8 @@ Decentralized Data", AISTATS 2017, Algorithm 1: θ ← Σ_c (n_c / n) θ_c, writ
 
 from __future__ import annotations
 
-from hpcfed.fl.algorithm import Algorithm, register
+from hpcfed.algorithms.registry import register
+from hpcfed.fl.algorithm import Algorithm
 
 
 @register

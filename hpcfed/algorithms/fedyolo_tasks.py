@@ -18,13 +18,13 @@ share inputs but not labels, which is what "unrelated tasks on one backbone" nee
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from hpcfed.atomic import atomic_write_text
 from hpcfed.data import ClientData
 from hpcfed.data.sources import read_text_table
 
@@ -61,9 +61,7 @@ def wordorder_rows(sentences: list[str], seed: int) -> list[tuple[str, int]]:
 def _write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
     """Header ``sentence<TAB>label`` then one raw row per example (read back with ``csv.QUOTE_NONE``)."""
     lines = ["sentence\tlabel"] + [f"{text.replace(chr(9), ' ')}\t{y}" for text, y in rows]
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def derive_wordorder(source: str, test_source: str, text_column: str, label_column: str, seed: int,
@@ -169,20 +167,21 @@ class MultiTaskDataset:
 
 
 def open_tasks(kinds: list[str], cfg, dataset, comm, root: Optional[Path] = None):
-    """Open one ``ShardedDataset`` per task kind (rank 0 derives and shards, the others wait for its verdict).
+    """Open one ``ShardedDataset`` per task kind (one process derives and shards, the others wait for its
+    verdict).
 
     Args:
         kinds: task kinds, e.g. ``["label", "wordorder"]``.
         cfg: the run config (``data.*`` is the ``label`` task and the source of derived ones).
         dataset: the already opened shards of ``cfg.data`` (reused for ``label``).
-        comm: communicator (``rank``, ``broadcast_object``).
+        comm: communicator (``on_main``).
         root: where derived sources are written (default ``<out_dir>/_fedyolo_tasks``).
 
     Returns:
         (datasets, test splits) — lists of length T.
 
     Raises:
-        DataError: derivation or sharding failed (on every rank, with rank 0's message).
+        DataError: derivation or sharding failed (on every process, with the deriving process's message).
     """
     from dataclasses import replace
 
@@ -199,19 +198,18 @@ def open_tasks(kinds: list[str], cfg, dataset, comm, root: Optional[Path] = None
         d = cfg.data
         tcfg = replace(d, name=f"{d.name}-{kind}",
                        shard_dir=f"{d.shard_dir}-{kind}" if d.shard_dir else None)
-        result: tuple[str, str]
-        if comm.rank == 0:
+
+        def derive(kind=kind, tcfg=tcfg, d=d) -> tuple[str, str]:
             try:
                 train, test = derive_wordorder(d.source, d.test_source, d.text_column, d.label_column, d.seed,
                                                root)
                 tcfg = replace(tcfg, source=str(train), test_source=str(test), text_column="sentence",
                                label_column="label")
-                result = ("ok", str(ensure_prepared(tcfg, cfg.data.tokenizer or cfg.model.path)))
+                return "ok", str(ensure_prepared(tcfg, cfg.data.tokenizer or cfg.model.path))
             except (DataError, ConfigError, OSError) as e:
-                result = ("error", f"fl.algo.tasks: deriving task {kind!r}: {e}")
-        else:
-            result = ("", "")
-        result = comm.broadcast_object(result, src=0)
+                return "error", f"fl.algo.tasks: deriving task {kind!r}: {e}"
+
+        result = comm.on_main(derive)  # one process derives and shards; all get its verdict
         if result[0] != "ok":
             raise DataError(result[1])
         ds = ShardedDataset(result[1], expect_name=tcfg.name)

@@ -1,11 +1,11 @@
-"""Sub-model construction and alignment helpers of FedPFT (used by :mod:`hpcfed.fl.fedpft`).
+"""Sub-model construction and alignment helpers of FedPFT (used by :mod:`hpcfed.algorithms.fedpft`).
 
 Peng, Fan, Chen, Wang, Pan, Wen, Zhang, Wang, "FedPFT: Federated Proxy Fine-Tuning of Foundation Models",
 IJCAI 2024 (arXiv:2404.11536), Sec. 4 (sub-FM construction: layer-wise FFN compression by neuron saliency;
 sub-FM alignment: layer-level distillation before FL, neuron-level distillation during FL).
 
 Everything here works on a Hugging Face BERT-like encoder (``encoder.layer[i].intermediate.dense`` /
-``.output.dense`` / ``.output.LayerNorm``), bare or wrapped by ``peft``; nothing here knows about FL or ranks.
+``.output.dense`` / ``.output.LayerNorm``), bare or wrapped by ``peft``; nothing here knows about FL or processes.
 
 Notation for one transformer layer's FFN with hidden size D and F neurons:
 ``W1`` = ``intermediate.dense.weight`` (F, D), ``b1`` (F,), ``W2`` = ``output.dense.weight`` (D, F), ``b2`` (D,);

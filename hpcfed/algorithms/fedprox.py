@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from hpcfed.fl.client import GradHook
-from hpcfed.fl.algorithm import register
-from hpcfed.fl.fedavg import FedAvg
+from hpcfed.algorithms.registry import register
+from hpcfed.algorithms.fedavg import FedAvg
 from hpcfed.peft import FlatParams
 
 

@@ -6,7 +6,7 @@ IJCAI 2024 (arXiv:2404.11536); authors' code github.com/pzp-dzd/FedPFT.
 
 1. Sub-model construction (Sec. 4.1): in every compressed layer (default: all but the first and the last) keep
    the top-k FFN neurons by saliency ‖[W1 row, W2 column]‖₂, k = round(keep_ratio · F); attention,
-   LayerNorms, embeddings and the other layers are copied (:func:`hpcfed.fl.submodel.build_submodel`).
+   LayerNorms, embeddings and the other layers are copied (:func:`hpcfed.algorithms.fedpft_submodel.build_submodel`).
 2. Stage 1, layer-level distillation before FL (Sec. 4.2): the sub-model's compressed layers are distilled
    from the full model on public, unlabelled text; loss per compressed layer
    mean((h_t − h_s)²)/mean(h_t²) + α·mean((W2ᵗW1ᵗ − W2ˢW1ˢ)²)/mean((W2ᵗW1ᵗ)²), averaged over layers.
@@ -16,7 +16,7 @@ IJCAI 2024 (arXiv:2404.11536); authors' code github.com/pzp-dzd/FedPFT.
    accuracy is ``sub_test_acc``).
 4. Stage 2, neuron-level alignment every ``align_every`` rounds (Sec. 4.2): during the local training of
    that round the clients count, per neuron of each compressed FFN, zero activations (APoZ); the counts are
-   summed over ranks by one extra small all-reduce (tag ``apoz``, 1 + Σ k floats); the server freezes
+   summed over processes by one extra small all-reduce (tag ``apoz``, 1 + Σ k floats); the server freezes
    ``freeze_ratio`` of the neurons of each layer and re-distils the others (hidden-state loss only, as the
    authors' code) on public data, with the current global LoRA in both models.
 
@@ -40,10 +40,10 @@ Choices where the paper (or this code base) leaves a detail open — all recorde
   fp32, eval mode (no dropout). Stage 1: ``distill_steps`` steps at ``distill_lr``; stage 2: ``align_steps``
   at ``align_lr``. The paper's budget (one epoch of BookCorpus+Wikipedia) does not fit a 2-core CPU.
 * **No alignment in the last round** (the full model, which is what is evaluated, does not depend on it).
-* **Determinism across ranks**: rank 0 distils (stage 1 in :meth:`setup`, stage 2 in :meth:`after_round`)
-  and the distilled tensors reach the other ranks through ``comm.all_reduce_sum`` of a buffer that is zero
-  on every rank but 0 (tag ``submodel``; exact: x + 0 = x). So every rank holds bitwise the same
-  sub-model whatever the number of ranks; APoZ counts are integers summed exactly in float64.
+* **Determinism across processes**: one process distils (``comm.on_main``; stage 1 in :meth:`setup`, stage 2
+  in :meth:`after_round`) and its distilled tensors reach the others by ``comm.broadcast`` (tag ``submodel``).
+  So every process holds bitwise the same sub-model whatever their number; APoZ counts are integers summed
+  exactly in float64.
 * **Communication**: only the flat LoRA(+head) buffer is aggregated (the loop counts ``bytes_up`` /
   ``bytes_down``). A real deployment also ships the sub-model once (``submodel_bytes``) and, after each
   alignment, its re-distilled FFN tensors (``align_bytes_down`` per client) and receives the APoZ counts
@@ -64,14 +64,15 @@ import torch
 
 from hpcfed.config import Config, ConfigError
 from hpcfed.data import ClientData
-from hpcfed.fl import submodel as sm
-from hpcfed.fl.algorithm import Algorithm, register
+from hpcfed.algorithms import fedpft_submodel as sm
+from hpcfed.algorithms.registry import register
+from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalResult, LocalTrainer
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
 
-log = logging.getLogger("hpcfed.fl.fedpft")
+log = logging.getLogger("hpcfed.algorithms.fedpft")
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ class FedPFT(Algorithm):
         return sub, flat
 
     def setup(self, loop: "FederatedLoop") -> None:
-        """Stage 1 (layer-level distillation) on rank 0, its result shared exactly with every rank; hooks for
+        """Stage 1 (layer-level distillation) on one process, its result shared exactly with every process; hooks for
         APoZ counting on the sub-model."""
         if self.layers and self.p.align_every > 0:
             self._apoz = _ApozCounter(loop.model.backbone, self.layers)
@@ -336,22 +337,21 @@ class FedPFT(Algorithm):
         return self._public
 
     def _distill_shared(self, loop, *, frozen, steps: int, lr: float, seed: int, weight_alpha: float):
-        """Distil on rank 0, then give every rank rank 0's tensors through one all-reduce (others send 0)."""
+        """Distil on the main process (``comm.on_main``), then broadcast its distilled tensors to the others
+        (tag ``submodel``): every process holds bitwise the same sub-model."""
         student = loop.model.backbone
         params = sm.distilled_params(student, self.layers, with_layernorm=True)
-        rep = None
-        if loop.comm.rank == 0:
+
+        def distil():
             self.full_flat.data.copy_(loop.theta_global)  # the teacher carries the current global LoRA
             loop.flat.data.copy_(loop.theta_global)
-            rep = sm.distill(self.full_model.backbone, student, self.layers, self._public_data(), steps=steps,
-                             batch_size=self.p.distill_batch_size, lr=lr, seed=seed, device=loop.device,
-                             weight_alpha=weight_alpha, frozen=frozen)
-            buf = sm.pack_params(params)
-        else:
-            buf = torch.zeros(sum(p.numel() for p in params.values()), device=loop.device)
-        if loop.comm.world_size > 1:
-            buf = loop.comm.all_reduce_sum(buf, tag="submodel")
-            sm.unpack_params_(params, buf)
+            return sm.distill(self.full_model.backbone, student, self.layers, self._public_data(), steps=steps,
+                              batch_size=self.p.distill_batch_size, lr=lr, seed=seed, device=loop.device,
+                              weight_alpha=weight_alpha, frozen=frozen)
+
+        rep = loop.comm.on_main(distil, share_result=False)
+        buf = loop.comm.broadcast(sm.pack_params(params), tag="submodel")
+        sm.unpack_params_(params, buf)
         return rep
 
     # -- one round ------------------------------------------------------------------------------------
@@ -381,7 +381,7 @@ class FedPFT(Algorithm):
 
     def after_round(self, loop: "FederatedLoop", round_idx: int) -> dict:
         """Every ``align_every`` rounds: all-reduce the APoZ counts (tag ``apoz``), freeze, re-distil on
-        rank 0 and share the sub-model (tag ``submodel``). Returns client-compute and alignment metrics."""
+        one process and share the sub-model (tag ``submodel``). Returns client-compute and alignment metrics."""
         out = {"client_step_ms": 1000.0 * self._train_s / max(self._train_steps, 1)}
         if not self._align_round(round_idx):
             return out

@@ -17,10 +17,10 @@ Choices where the papers are silent:
   in the flat buffer; training uses batch statistics);
 - views come from :func:`hpcfed.pretrain.train.augment` with the SimSiam recipe (crop 30–100 %, flip,
   colour jitter p 0.8, grey p 0.2), seeded by the client's round seed, so a client's update does not depend
-  on its rank;
+  on which process trains it;
 - evaluation reports the SimSiam loss on two fixed views of the test images and the collapse monitor (std of
   the normalised projections; ≈ 1/√dim when healthy, 0 when collapsed);
-- after the last round, rank 0 writes the backbone as ``<run_dir>/final/backbone.safetensors`` (timm names,
+- after the last round, :meth:`FedSimSiam.save_final` (called once by the entry point) writes the backbone as ``<run_dir>/final/backbone.safetensors`` (timm names,
   the format of ``python -m hpcfed.pretrain``), which a later FL run loads with
   ``model.path=<that file> model.pretrained=true``.
 """
@@ -35,7 +35,8 @@ import torch
 
 from hpcfed.config import Config, ConfigError
 from hpcfed.data import ClientData
-from hpcfed.fl.algorithm import Algorithm, register
+from hpcfed.algorithms.registry import register
+from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalResult, LocalTrainer, autocast_ctx, local_batches
 
 log = logging.getLogger("hpcfed.fl")
@@ -131,7 +132,7 @@ class FedSimSiam(Algorithm):
     @torch.no_grad()
     def evaluate(self, loop) -> dict:
         """SimSiam loss and projection std on two fixed views of the first ``eval_max_images`` test images, as
-        one batch on every rank (the projector's BatchNorm uses that batch's statistics: its running
+        one batch in every process (the projector's BatchNorm uses that batch's statistics: its running
         statistics are local and never federated, so they are not used)."""
         if loop.test_data is None:
             return {}
@@ -147,16 +148,14 @@ class FedSimSiam(Algorithm):
         loss, std = model.ssl_head.loss(model.features(v1).float(), model.features(v2).float())
         return {"ssl_test_loss": float(loss), "ssl_proj_std": float(std)}
 
-    def after_round(self, loop, round_idx: int) -> dict:
-        """After the last round, rank 0 writes the backbone for later fine-tuning."""
-        if round_idx == loop.cfg.fl.rounds and loop.comm.rank == 0:
-            from hpcfed.pretrain.train import save_backbone
+    def save_final(self, loop, final_dir) -> None:
+        """Write the pre-trained backbone as ``<final_dir>/backbone.safetensors`` for later fine-tuning."""
+        from hpcfed.pretrain.train import save_backbone
 
-            loop.flat.data.copy_(loop.theta_global)
-            path = save_backbone(loop.cfg.run_dir / "final" / "backbone.safetensors", loop.model.backbone,
-                                 {"objective": "fedsimsiam", "rounds": round_idx, "model": _model_words(loop.cfg)})
-            log.info("federated SimSiam backbone written to %s", path)
-        return {}
+        loop.flat.data.copy_(loop.theta_global)
+        path = save_backbone(final_dir / "backbone.safetensors", loop.model.backbone,
+                             {"objective": "fedsimsiam", "rounds": loop.state.round, "model": _model_words(loop.cfg)})
+        log.info("federated SimSiam backbone written to %s", path)
 
 
 def _model_words(cfg: Config) -> list[str]:

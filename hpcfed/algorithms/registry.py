@@ -1,0 +1,43 @@
+"""The algorithms registry: ``fl.algorithm`` names → classes.
+
+A method registers itself with the :func:`register` class decorator when its module is imported;
+``hpcfed.algorithms`` imports the built-in ones, and a composition root (``hpcfed.compose``) asks
+:func:`get_algorithm` by name. The engine (``hpcfed.fl``) never looks names up: it is handed an instance.
+"""
+
+from __future__ import annotations
+
+from hpcfed.config import Config, ConfigError
+from hpcfed.fl.algorithm import Algorithm, parse_params
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+"""Registered algorithms by name (``fl.algorithm``)."""
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make ``cls`` selectable as ``fl.algorithm=<cls.name>``."""
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    """The registered class for ``name``.
+
+    Raises:
+        ConfigError: no algorithm of that name (the message lists the registered ones).
+    """
+    if name not in ALGORITHMS:
+        raise ConfigError(f"fl.algorithm={name!r} is not one of {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]
+
+
+def validate_algorithm(cfg: Config) -> None:
+    """Check ``fl.algorithm`` against the registry, ``fl.algo`` against the method's ``Params`` and the
+    method's own config constraints (:meth:`Algorithm.check_config`).
+
+    Raises:
+        ConfigError: one line naming the key.
+    """
+    cls = get_algorithm(cfg.fl.algorithm)
+    parse_params(cls.Params, cfg.fl.algo, cls.name)
+    cls.check_config(cfg)
