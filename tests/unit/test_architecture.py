@@ -78,3 +78,13 @@ def test_config_is_the_ground_floor():
     bad = [f"hpcfed/config.py:{line} imports {mod}" for mod, _, line in _imports(PKG / "config.py")
            if mod.split(".")[0] == "hpcfed"]
     assert not bad, bad
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages explicitly: a new subpackage missing there works in an editable
+    install and vanishes from a regular one."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {_module_name(p.parent / "__init__.py") for p in PKG.rglob("__init__.py")}
+    assert on_disk - listed == set(), f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
