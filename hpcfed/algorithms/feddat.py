@@ -452,7 +452,7 @@ class FedDAT(Algorithm):
         ck = self.run_cfg.checkpoint
         if self.dat and ck.every_rounds > 0:
             keep_from = round_idx - ck.every_rounds * (ck.keep_last + 1)
-            loop.comm.on_main(lambda: self.store.prune(keep_from), share_result=False)
+            loop.comm.main_only(lambda: self.store.prune(keep_from))  # others never read what it deletes
         return {}
 
     # -- evaluation ------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ class Comm(Protocol):
         re-raises it; the others raise :class:`MainFailed` with its one-line message)."""
         ...
 
+    def main_only(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the main process only, without waiting for it elsewhere (a side effect no other
+        process depends on in this round, e.g. pruning old files)."""
+        ...
+
     def share(self, items: Sequence[T]) -> list[T]:
         """This process's share of ``items`` (round-robin; the shares of all processes partition ``items``)."""
         ...
@@ -103,6 +108,9 @@ class LocalComm:
     def on_main(self, fn, *, share_result: bool = True):
         return fn()
 
+    def main_only(self, fn) -> None:
+        fn()
+
     def share(self, items):
         return list(items)
 
@@ -136,6 +144,10 @@ class TorchDistComm:
 
     def on_main(self, fn, *, share_result: bool = True):
         return _on_main(self, fn, share_result)
+
+    def main_only(self, fn) -> None:
+        if self.rank == 0:
+            fn()
 
     def share(self, items):
         return _share(self, items)
@@ -175,6 +187,9 @@ class CountingComm:
 
     def on_main(self, fn, *, share_result: bool = True):
         return _on_main(self, fn, share_result)  # through this wrapper's broadcast_object: counted
+
+    def main_only(self, fn) -> None:
+        self.inner.main_only(fn)
 
     def share(self, items):
         return self.inner.share(items)

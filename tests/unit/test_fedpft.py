@@ -300,6 +300,9 @@ class _TwoRankComm:
     def on_main(self, fn, *, share_result=True):
         return fn()
 
+    def main_only(self, fn):
+        fn()
+
 
 def test_apoz_counts_are_summed_over_ranks_before_freezing(toy_text, monkeypatch):
     loop = _loop(toy_text + FEDPFT + ["fl.rounds=3", "fl.algo.align_every=1", "fl.algo.freeze_ratio=0.25",
