@@ -68,6 +68,7 @@ from hpcfed.algorithms import fedpft_submodel as sm
 from hpcfed.algorithms.registry import register
 from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalResult, LocalTrainer
+from hpcfed.rng import MethodStream, generator
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
@@ -155,7 +156,7 @@ def load_public_text(cfg: Config, params: FedPFTParams) -> ClientData:
     src = params.public_source or cfg.data.source
     table = read_text_table(src, cfg.data.text_column, cfg.data.label_column)
     n = min(params.public_samples, len(table.texts))
-    idx = np.sort(np.random.default_rng([params.public_seed, 7]).permutation(len(table.texts))[:n])
+    idx = np.sort(generator(params.public_seed, MethodStream.FEDPFT_PUBLIC).permutation(len(table.texts))[:n])
     name = cfg.data.tokenizer or cfg.model.path
     if not name:
         raise ConfigError("fl.algo (fedpft): public data needs a tokenizer; set data.tokenizer or model.path")

@@ -44,6 +44,7 @@ from hpcfed.fl.algorithm import Algorithm, parse_params
 from hpcfed.fl.client import LocalResult, LocalTrainer, evaluate
 from hpcfed.algorithms.fedyolo_tasks import TASK_KINDS, MultiTaskDataset, assign_tasks, open_tasks
 from hpcfed.fl.sampling import cohort_for_round
+from hpcfed.rng import TrainStream, seed63
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
@@ -51,7 +52,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("hpcfed.fl")
 
-_TASK_SEED_STREAM = 13
 PER_TASK_METHODS = ("lora", "prompt", "adapter", "head")
 SHARED_METHODS = ("full", "bias")
 
@@ -252,8 +252,7 @@ def task_masks(flat: "FlatParams", seg_task: list[Optional[int]], num_tasks: int
 
 def task_seed(seed: int, task: int) -> int:
     """63-bit seed of one task's local training within a client's round (from the client's seed)."""
-    state = np.random.SeedSequence([seed % (1 << 63), _TASK_SEED_STREAM, task]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
+    return seed63([seed % (1 << 63), TrainStream.FEDYOLO_TASK, task])
 
 
 # -------------------------------------------------------------------------------------------- the algorithm

@@ -27,13 +27,12 @@ import numpy as np
 from hpcfed.atomic import atomic_write_text
 from hpcfed.data import ClientData
 from hpcfed.data.sources import read_text_table
+from hpcfed.rng import MethodStream, generator
 
 TASK_KINDS = ("label", "wordorder")
 """Task kinds a FedYolo run can hold (``fl.algo.tasks``)."""
 
 WORDORDER_MIN_WORDS = 4
-_ASSIGN_STREAM = 11
-_WORDORDER_STREAM = 12
 
 
 def wordorder_rows(sentences: list[str], seed: int) -> list[tuple[str, int]]:
@@ -54,7 +53,7 @@ def wordorder_rows(sentences: list[str], seed: int) -> list[tuple[str, int]]:
             kept.append(w)
     m = len(kept)
     flip = np.zeros(m, dtype=bool)
-    flip[np.random.default_rng([seed, _WORDORDER_STREAM]).permutation(m)[: m // 2]] = True
+    flip[generator(seed, MethodStream.FEDYOLO_WORDORDER).permutation(m)[: m // 2]] = True
     return [(" ".join(w[::-1] if f else w), int(f)) for w, f in zip(kept, flip)]
 
 
@@ -100,7 +99,7 @@ def assign_tasks(num_clients: int, num_tasks: int, share: float, seed: int) -> l
     """
     n, t_count = num_clients, num_tasks
     k = min(n, max(1, int(np.ceil(share * n - 1e-9))))
-    perm = np.random.default_rng([seed, _ASSIGN_STREAM]).permutation(n)
+    perm = generator(seed, MethodStream.FEDYOLO_ASSIGN).permutation(n)
     held: list[list[int]] = [[] for _ in range(n)]
     for t in range(t_count):
         start = (t * n) // t_count

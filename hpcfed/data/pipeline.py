@@ -29,19 +29,16 @@ from hpcfed.data.shards import (
 from hpcfed.data.sources import (
     TEXT_EXTENSIONS, ImageFolderSource, decode_image, encode_labels, label_vocabulary, read_text_table,
 )
+from hpcfed.rng import DataStream, generator
 
 log = logging.getLogger(__name__)
-
-# Streams of np.random.default_rng([seed, stream]) besides the partition's default_rng(seed).
-_TRAIN_SUBSAMPLE_STREAM = 1
-_TEST_SUBSAMPLE_STREAM = 2
 
 
 def _subsample(n: int, max_n: Optional[int], seed: int, stream: int) -> np.ndarray:
     """Indices of the examples kept: all, or the first ``max_n`` of a seeded shuffle (sorted). int64 (n',)."""
     if max_n is None or max_n >= n:
         return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng([seed, stream]).permutation(n)[:max_n]).astype(np.int64)
+    return np.sort(generator(seed, stream).permutation(n)[:max_n]).astype(np.int64)
 
 
 def _norm_name(name: str) -> str:
@@ -324,7 +321,7 @@ def prepare(cfg: DataConfig, tokenizer: Optional[str] = None, *, force: bool = F
 
 def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool) -> Path:
     num_classes = len(src.class_names)
-    keep = _subsample(len(src.labels["train"]), cfg.max_train_samples, cfg.seed, _TRAIN_SUBSAMPLE_STREAM)
+    keep = _subsample(len(src.labels["train"]), cfg.max_train_samples, cfg.seed, DataStream.TRAIN_SUBSAMPLE)
     labels = src.labels["train"][keep]
     try:
         parts = partition(cfg.partition, labels, cfg.num_clients, cfg.seed, num_classes=num_classes,
@@ -338,7 +335,7 @@ def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool
             raise DataError(f"{cfg.source}: client {c} would be empty (data.partition={cfg.partition})")
     test_keep = None
     if "test" in src.labels:
-        test_keep = _subsample(len(src.labels["test"]), cfg.max_test_samples, cfg.seed, _TEST_SUBSAMPLE_STREAM)
+        test_keep = _subsample(len(src.labels["test"]), cfg.max_test_samples, cfg.seed, DataStream.TEST_SUBSAMPLE)
 
     prepare_id = uuid.uuid4().hex
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,15 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from hpcfed.data import ClientData
 from hpcfed.dist import place_clients
 from hpcfed.fl.client import LocalTrainer, evaluate
 from hpcfed.fl.sampling import client_seed
+from hpcfed.rng import TrainStream, generator
 
-_HOLDOUT_STREAM = 4
 
 
 class PooledDataset:
@@ -63,7 +62,7 @@ def split_holdout(data: ClientData, fraction: float, seed: int, cid: int) -> tup
     ``fraction > 0`` and the client has ≥ 2 examples."""
     n = len(data)
     k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n > 1 else 0
-    perm = torch.from_numpy(np.random.default_rng([seed, _HOLDOUT_STREAM, cid]).permutation(n))
+    perm = torch.from_numpy(generator(seed, TrainStream.HOLDOUT, cid).permutation(n))
     hold, train = perm[:k], perm[k:]
 
     def take(idx):

@@ -14,7 +14,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,9 +26,9 @@ from hpcfed.fl.client import LocalTrainer, evaluate
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
 from hpcfed.peft import FlatParams
+from hpcfed.rng import TrainStream, generator
 
 log = logging.getLogger("hpcfed.fl")
-_FAULT_STREAM = 3
 
 
 class Callback(Protocol):
@@ -229,7 +228,7 @@ class FederatedLoop:
     def _inject_fault(self, round_idx: int, cid: int, theta: torch.Tensor) -> None:
         """Testing aid (``fl.inject_failure_rate``): poison the update with NaN, seeded per client."""
         rate = self.cfg.fl.inject_failure_rate
-        if rate > 0 and np.random.default_rng([self.cfg.seed, _FAULT_STREAM, round_idx, cid]).random() < rate:
+        if rate > 0 and generator(self.cfg.seed, TrainStream.FAULT, round_idx, cid).random() < rate:
             theta[0] = float("nan")
 
     def _check_update(self, loss_sum: float, theta: torch.Tensor) -> None:

@@ -26,6 +26,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from hpcfed.rng import FractalStream, generator
+
 RNG = Union[np.random.Generator, Sequence[np.random.Generator]]
 
 MIN_MAPS = 2
@@ -373,7 +375,7 @@ def class_systems(num_classes: int, seed: int, *, min_coverage: float = 0.05, ma
     covers less than ``min_coverage`` of a 32×32 image is redrawn from the same (seed, c) stream. Candidates
     of all classes are checked in one vectorised chaos game per round.
     """
-    rngs = [np.random.default_rng([seed, 0, c]) for c in range(num_classes)]
+    rngs = [generator(seed, FractalStream.CLASS_SYSTEM, c) for c in range(num_classes)]
     out: list = [None] * num_classes
     pending = list(range(num_classes))
     for attempt in range(max_tries):
@@ -382,7 +384,7 @@ def class_systems(num_classes: int, seed: int, *, min_coverage: float = 0.05, ma
             ok = np.ones(len(pending), dtype=bool)
         else:
             # One stream per (seed, attempt, class): a class's verdict does not depend on the other classes.
-            rngs_cov = [np.random.default_rng([seed, 1, attempt, c]) for c in pending]
+            rngs_cov = [generator(seed, FractalStream.COVERAGE, attempt, c) for c in pending]
             ok = coverage(cand, 32, rngs_cov, 2048) >= min_coverage
         for c, s, good in zip(pending, cand, ok):
             if good:
@@ -422,11 +424,11 @@ class FractalDataset:
                              f"{num_classes}, {images_per_class}, {size}")
         self.num_classes, self.images_per_class, self.size, self.seed = num_classes, images_per_class, size, seed
         self.systems = class_systems(num_classes, seed)
-        drng = np.random.default_rng([seed, 2])
+        drng = generator(seed, FractalStream.DISTRACTORS)
         distractors = [sample_system(drng) for _ in range(num_distractor_systems if extra_fractals[1] > 0 else 0)]
         self.y = np.repeat(np.arange(num_classes, dtype=np.int64), images_per_class)  # (N,)
         self.x = np.empty((len(self.y), size, size, 3), dtype=np.uint8)
-        rng = np.random.default_rng([seed, 3])
+        rng = generator(seed, FractalStream.IMAGES)
         for start in range(0, len(self.y), chunk):
             ys = self.y[start:start + chunk]
             self.x[start:start + len(ys)] = render_images(
