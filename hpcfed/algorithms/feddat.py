@@ -52,7 +52,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcfed import kernels
 from hpcfed.config import Config, ConfigError
 from hpcfed.data import ClientData
 from hpcfed.algorithms.registry import register
@@ -67,6 +66,7 @@ from hpcfed.fl.client import (
     length_buckets,
     local_batches,
 )
+from hpcfed.fl.optim import FlatOptimizer
 from hpcfed.fl.state_store import ClientStateStore
 from hpcfed.peft import FlatParams, is_head
 from hpcfed.peft.adapter import ADAPTER_PREFIX, Adapter
@@ -227,36 +227,6 @@ def add_dual_adapters(model: nn.Module, reduction_factor: int, variant: str) -> 
     return sites
 
 
-# -- local optimisation of one flat buffer -------------------------------------------------------------------
-class _FlatOptimizer:
-    """The local optimizer of ``fl.local`` (AdamW or SGD, fused kernels) over one flat buffer."""
-
-    def __init__(self, flat: FlatParams, cfg, device: torch.device, lr_scale: torch.Tensor | None = None,
-                 backend: str | None = None):
-        self.flat, self.cfg, self.lr_scale, self.backend = flat, cfg, lr_scale, backend
-        self.exp_avg = torch.zeros(flat.numel, device=device)
-        self.exp_avg_sq = torch.zeros(flat.numel, device=device) if cfg.optimizer == "adamw" else None
-
-    def reset(self) -> None:
-        self.exp_avg.zero_()
-        if self.exp_avg_sq is not None:
-            self.exp_avg_sq.zero_()
-
-    def step(self, step: int, lr: float) -> None:
-        c = self.cfg
-        if c.max_grad_norm is not None:
-            norm = torch.linalg.vector_norm(self.flat.grad)
-            self.flat.grad.mul_(torch.clamp(c.max_grad_norm / (norm + 1e-6), max=1.0))
-        if c.optimizer == "adamw":
-            kernels.masked_adamw_step(self.flat.data, self.flat.grad, self.exp_avg, self.exp_avg_sq, lr=lr,
-                                      beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay,
-                                      step=step, lr_scale=self.lr_scale, backend=self.backend)
-        else:
-            kernels.masked_sgd_step(self.flat.data, self.flat.grad, self.exp_avg if c.momentum > 0 else None,
-                                    lr=lr, momentum=c.momentum, weight_decay=c.weight_decay, step=step,
-                                    lr_scale=self.lr_scale, backend=self.backend)
-
-
 @register
 class FedDAT(Algorithm):
     """FedDAT (Chen et al., AAAI 2024): shared adapter A_S federated, client adapter A_C kept per client in a
@@ -330,8 +300,10 @@ class FedDAT(Algorithm):
         if self.client_flat is None:
             raise ConfigError("fl.algorithm=feddat: the model was not built by FedDAT.build")
         c = loop.cfg.fl.local
-        self._opt_s = _FlatOptimizer(loop.flat, c, loop.device, loop.trainer.lr_scale, loop.trainer.kernel_backend)
-        self._opt_c = _FlatOptimizer(self.client_flat, c, loop.device, None, loop.trainer.kernel_backend)
+        backend = loop.trainer.kernel_backend
+        self._opt_s = FlatOptimizer(c, (loop.flat.numel,), loop.device, lr_scale=loop.trainer.lr_scale,
+                                    backend=backend)
+        self._opt_c = FlatOptimizer(c, (self.client_flat.numel,), loop.device, backend=backend)
 
     @contextlib.contextmanager
     def mode(self, mode: Mode):
@@ -419,7 +391,7 @@ class FedDAT(Algorithm):
                     (mkd_loss(logits, y, t, p.kd_temperature, p.kd_weight) * share).backward()
                     student.append(logits.detach())
                     ce_batch += F.cross_entropy(logits.detach(), y) * share
-            self._opt_s.step(step, lr_s)
+            self._opt_s.step(flat.data, flat.grad, step=step, lr=lr_s)
             if self.dat:  # 3. A_C inside the DAT on CE + KL_T(student -> DAT); A_S, Â_S and the head frozen
                 self.client_flat.zero_grad()
                 for q in flat.params:
@@ -437,7 +409,7 @@ class FedDAT(Algorithm):
                         q.requires_grad_(False)
                     for q in flat.params:
                         q.requires_grad_(True)
-                self._opt_c.step(step, lr_c)
+                self._opt_c.step(self.client_flat.data, self.client_flat.grad, step=step, lr=lr_c)
             last = ce_batch.detach()
             loss_sum += last * len(idx)
             seen += len(idx)

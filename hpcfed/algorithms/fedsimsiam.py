@@ -108,9 +108,7 @@ class FedSimSiam(Algorithm):
         flat.data.copy_(theta_global)
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        trainer.exp_avg.zero_()
-        if trainer.exp_avg_sq is not None:
-            trainer.exp_avg_sq.zero_()
+        trainer.optimizer.reset()
         model.train()
         batches = local_batches(len(data), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
         loss_sum, seen, last = 0.0, 0, float("nan")
@@ -120,10 +118,7 @@ class FedSimSiam(Algorithm):
             flat.zero_grad()
             loss, _ = self._loss(model, data.x[idx].to(trainer.device), gen, c.bf16)
             loss.backward()
-            if c.max_grad_norm is not None:
-                norm = torch.linalg.vector_norm(flat.grad)
-                flat.grad.mul_(torch.clamp(c.max_grad_norm / (norm + 1e-6), max=1.0))
-            trainer._optimizer_step(step, None)
+            trainer.step(step)
             last = float(loss.detach())
             loss_sum += last * len(idx)
             seen += len(idx)

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcfed import kernels
 from hpcfed.config import LocalConfig
 from hpcfed.data import ClientData
-from hpcfed.peft import FlatParams, is_head
+from hpcfed.fl.optim import FlatOptimizer, head_lr_scale
+from hpcfed.peft import FlatParams
 
 log = logging.getLogger("hpcfed.fl")
 
@@ -133,13 +133,9 @@ class LocalTrainer:
         self.cache_features = head_only and cfg.cache_frozen_features
         self.pack = cfg.packing and packing_supported(model, "local training")
         self._features: OrderedDict[int, tuple[ClientData, torch.Tensor]] = OrderedDict()
-        n = flat.numel
-        self.exp_avg = torch.zeros(n, device=device)
-        self.exp_avg_sq = torch.zeros(n, device=device) if cfg.optimizer == "adamw" else None
         self.lr = cfg.lr
-        self.lr_scale = None
-        if cfg.head_lr is not None and cfg.head_lr != cfg.lr:
-            self.lr_scale = flat.segment_mask(is_head, dtype=torch.float32) * (cfg.head_lr / cfg.lr - 1.0) + 1.0
+        self.lr_scale = head_lr_scale(flat, cfg)
+        self.optimizer = FlatOptimizer(cfg, (flat.numel,), device, lr_scale=self.lr_scale, backend=kernel_backend)
 
     def set_round(self, round_idx: int, total_rounds: int) -> None:
         """Set the local learning rate of round ``round_idx`` (1-based) from ``cfg.lr_schedule``."""
@@ -150,18 +146,10 @@ class LocalTrainer:
         else:
             self.lr = c.lr
 
-    def _optimizer_step(self, step: int, mask: Optional[torch.Tensor]) -> None:
-        c = self.cfg
-        if c.optimizer == "adamw":
-            kernels.masked_adamw_step(
-                self.flat.data, self.flat.grad, self.exp_avg, self.exp_avg_sq, lr=self.lr, beta1=c.beta1,
-                beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay, step=step, mask=mask,
-                lr_scale=self.lr_scale, backend=self.kernel_backend)
-        else:
-            kernels.masked_sgd_step(
-                self.flat.data, self.flat.grad, self.exp_avg if c.momentum > 0 else None, lr=self.lr,
-                momentum=c.momentum, weight_decay=c.weight_decay, step=step, mask=mask,
-                lr_scale=self.lr_scale, backend=self.kernel_backend)
+    def step(self, step: int, mask: Optional[torch.Tensor] = None) -> None:
+        """Clip ``flat.grad`` to ``fl.local.max_grad_norm`` and take one optimizer step on ``flat.data`` at this
+        round's learning rate (``step``: 1-based within the client's local training; ``mask``: (n,) bool)."""
+        self.optimizer.step(self.flat.data, self.flat.grad, step=step, lr=self.lr, mask=mask)
 
     def _logit_adjustment(self, data: ClientData) -> torch.Tensor:
         """τ·log p (K,) of the client's label prior, add-one smoothed (every class keeps p > 0)."""
@@ -218,9 +206,7 @@ class LocalTrainer:
         c = self.cfg
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # dropout and any other stochastic layer
-        self.exp_avg.zero_()
-        if self.exp_avg_sq is not None:
-            self.exp_avg_sq.zero_()
+        self.optimizer.reset()
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         seen = 0
@@ -248,10 +234,7 @@ class LocalTrainer:
                 loss += part_loss.detach()
             if grad_hook is not None:
                 grad_hook(self.flat)
-            if c.max_grad_norm is not None:
-                norm = torch.linalg.vector_norm(self.flat.grad)
-                self.flat.grad.mul_(torch.clamp(c.max_grad_norm / (norm + 1e-6), max=1.0))
-            self._optimizer_step(step, mask)
+            self.step(step, mask)
             last = loss.detach()
             loss_sum += last * len(idx)
             seen += len(idx)

@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from hpcfed import kernels
 from hpcfed.config import Config, LocalConfig
 from hpcfed.data import ClientData
 from hpcfed.fl.client import LocalResult, batch_to, length_buckets, local_batches
-from hpcfed.peft import FlatParams, is_head
+from hpcfed.fl.optim import FlatOptimizer, head_lr_scale
+from hpcfed.peft import FlatParams
 
 log = logging.getLogger("hpcfed.fl")
 
@@ -107,9 +107,7 @@ class GroupTrainer:
         self.kernel_backend = kernel_backend
         self.lr = cfg.lr
         self.compute_dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-        self.lr_scale = None
-        if cfg.head_lr is not None and cfg.head_lr != cfg.lr:
-            self.lr_scale = flat.segment_mask(is_head, dtype=torch.float32) * (cfg.head_lr / cfg.lr - 1.0) + 1.0
+        self.lr_scale = head_lr_scale(flat, cfg)
         self._frozen: Optional[dict[str, torch.Tensor]] = None
         self._grad_fn = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0, 0), randomness="different")
 
@@ -172,13 +170,11 @@ class GroupTrainer:
         torch.manual_seed(seeds[0])  # the group's dropout masks
         theta = theta_start.detach().to(dev).unsqueeze(0).repeat(g_count, 1).contiguous()  # (G, n)
         grads = torch.zeros_like(theta)
-        m1 = torch.zeros_like(theta)
-        m2 = torch.zeros_like(theta) if c.optimizer == "adamw" else None
+        opt = FlatOptimizer(c, theta.shape, dev, lr_scale=self.lr_scale, backend=self.kernel_backend)
         mask = None
         if any(m is not None for m in masks):
             mask = torch.stack([m.to(dev) if m is not None else torch.ones(n, dtype=torch.bool, device=dev)
                                 for m in masks]).view(-1)
-        lr_scale = self.lr_scale.to(dev).repeat(g_count) if self.lr_scale is not None else None
         adjust = torch.stack([self._adjustment(d) for d in datas])  # (G, K)
         text = datas[0].lengths is not None
         self.model.train()
@@ -204,29 +200,13 @@ class GroupTrainer:
                 g_j, l_j = self._grad_fn(theta, torch.stack(xs), torch.stack(ys), torch.stack(ls), adjust)
                 grads.add_(g_j, alpha=share)
                 loss.add_(l_j.detach(), alpha=share)
-            if c.max_grad_norm is not None:
-                norm = torch.linalg.vector_norm(grads, dim=1, keepdim=True)
-                grads.mul_(torch.clamp(c.max_grad_norm / (norm + 1e-6), max=1.0))
-            self._optimizer_step(theta, grads, m1, m2, step + 1, mask, lr_scale)
+            opt.step(theta, grads, step=step + 1, lr=self.lr, mask=mask)
             last = loss
             loss_sum += loss * len(idxs[0])
         bs = len(plans[0][0])
         steps = len(plans[0])
         results = [LocalResult(float(loss_sum[g]), bs * steps, steps, float(last[g])) for g in range(g_count)]
         return theta, results
-
-    def _optimizer_step(self, theta, grads, m1, m2, step, mask, lr_scale) -> None:
-        c = self.cfg
-        if c.optimizer == "adamw":
-            kernels.masked_adamw_step(
-                theta.view(-1), grads.view(-1), m1.view(-1), m2.view(-1), lr=self.lr, beta1=c.beta1,
-                beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay, step=step, mask=mask,
-                lr_scale=lr_scale, backend=self.kernel_backend)
-        else:
-            kernels.masked_sgd_step(
-                theta.view(-1), grads.view(-1), m1.view(-1) if c.momentum > 0 else None, lr=self.lr,
-                momentum=c.momentum, weight_decay=c.weight_decay, step=step, mask=mask,
-                lr_scale=lr_scale, backend=self.kernel_backend)
 
 
 def group_batch_size(cfg: LocalConfig, num_samples: int) -> int:
