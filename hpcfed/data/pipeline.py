@@ -3,11 +3,13 @@
 The whole directory is built as ``<shard_dir>.tmp-<pid>`` (index.json last) and renamed to ``<shard_dir>``
 when complete, so a directory under the final name with an index.json is always finished.
 The command line entry point is ``python -m hpcfed.data.prepare`` (:func:`main`).
+
+The source readers (text table, ImageFolder) are in :mod:`hpcfed.data.readers`; the checks on an existing
+shard directory and the final rename into place are in :mod:`hpcfed.data.directory`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -20,14 +22,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from hpcfed.config import ConfigError, DataConfig, resolved
+from hpcfed.data.directory import check_replaceable, has_content, install, is_current
 from hpcfed.data.errors import DataError
 from hpcfed.data.partition import partition
+from hpcfed.data.readers import ImageSource, TextSource, tokenizer_name
 from hpcfed.data.shards import (
-    INDEX_NAME, SCHEMA_VERSION, TEST_FILE, ShardedDataset, ShardWriter, first_line, jsonable, read_index,
-    shard_file_name, shard_of_client, write_index,
-)
-from hpcfed.data.sources import (
-    TEXT_EXTENSIONS, ImageFolderSource, decode_image, encode_labels, label_vocabulary, read_text_table,
+    INDEX_NAME, SCHEMA_VERSION, TEST_FILE, ShardedDataset, ShardWriter, jsonable, shard_file_name, shard_of_client,
+    write_index,
 )
 from hpcfed.rng import DataStream, generator
 
@@ -39,248 +40,6 @@ def _subsample(n: int, max_n: Optional[int], seed: int, stream: int) -> np.ndarr
     if max_n is None or max_n >= n:
         return np.arange(n, dtype=np.int64)
     return np.sort(generator(seed, stream).permutation(n)[:max_n]).astype(np.int64)
-
-
-def _norm_name(name: str) -> str:
-    """Tokenizer identity: an existing local path is made absolute; a hub name is kept as given."""
-    p = Path(name).expanduser()
-    return str(p.resolve()) if p.exists() else name
-
-
-def _tokenizer_name(cfg: DataConfig, tokenizer: Optional[str]) -> str:
-    name = cfg.tokenizer or tokenizer
-    if not name:
-        raise ConfigError("data.tokenizer is null and no tokenizer (model.path) was given; set data.tokenizer=PATH")
-    return _norm_name(name)
-
-
-# ---------------------------------------------------------------------------------------------- sources
-
-
-@functools.lru_cache(maxsize=4)
-def _load_tokenizer(name: str):
-    """The fast tokenizer at ``name``, set to right padding with a pad token (cached per process)."""
-    looks_local = name.startswith(("/", ".", "~")) or Path(name).exists()
-    if looks_local and not Path(name).expanduser().exists():
-        raise DataError(f"{name}: tokenizer folder not found")
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(name)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; report one line
-        raise DataError(f"{name}: cannot load tokenizer ({first_line(e)})") from None
-    if not getattr(tok, "is_fast", False):
-        log.warning("tokenizer %s is not a fast tokenizer; prepare will be slow", name)
-    tok.padding_side = "right"
-    if tok.pad_token_id is None:
-        if tok.eos_token is None:
-            raise DataError(f"{name}: tokenizer has no pad token (nor an eos token to pad with)")
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-class _TextSource:
-    """A CSV/TSV table tokenized per call to :meth:`encode` with the backbone's fast tokenizer."""
-
-    def __init__(self, cfg: DataConfig, tokenizer: str):
-        self.cfg = cfg
-        train = read_text_table(cfg.source, cfg.text_column, cfg.label_column)
-        self.class_names, integer = label_vocabulary(train)
-        self.tables = {"train": train}
-        self.labels = {"train": encode_labels(train, self.class_names, integer)}
-        if cfg.test_source:
-            test = read_text_table(cfg.test_source, cfg.text_column, cfg.label_column)
-            self.tables["test"] = test
-            self.labels["test"] = encode_labels(test, self.class_names, integer)
-        self.tokenizer_name = tokenizer
-        self.example_shape: tuple[int, ...] = (cfg.max_length,)
-
-    @property
-    def tok(self):
-        """Loaded on first use, so that data errors are reported before the (slow) tokenizer load."""
-        return _load_tokenizer(self.tokenizer_name)
-    def encode(self, split: str, idx: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """Token ids int32 (n, max_length) right-padded with the pad id, and lengths int32 (n,)."""
-        texts = [self.tables[split].texts[i] for i in idx]
-        enc = self.tok(texts, truncation=True, max_length=self.cfg.max_length, padding="max_length",
-                       return_attention_mask=True, return_token_type_ids=False, return_tensors="np")
-        ids = np.ascontiguousarray(enc["input_ids"], dtype=np.int32)  # (n, L)
-        lengths = enc["attention_mask"].sum(axis=1).astype(np.int32)  # (n,)
-        return ids, lengths
-
-    def preprocessing(self) -> dict:
-        tok = self.tok
-        return {
-            "kind": "text",
-            "tokenizer": {
-                "name_or_path": self.tokenizer_name,
-                "class": type(tok).__name__,
-                "vocab_size": len(tok),
-                "pad_id": int(tok.pad_token_id),
-                "max_length": self.cfg.max_length,
-                "padding_side": "right",
-                "truncation": True,
-            },
-        }
-
-    def sources(self) -> dict:
-        return {split: {"path": str(t.path), "bytes": t.path.stat().st_size, "rows": len(t.texts)}
-                for split, t in self.tables.items()}
-
-    def close(self) -> None:
-        pass
-
-
-class _ImageSource:
-    """ImageFolder dir/zip; images decoded (and resized if ``image_size``) per call to :meth:`encode`."""
-
-    def __init__(self, cfg: DataConfig):
-        self.cfg = cfg
-        if cfg.test_source and cfg.test_source.lower().endswith(TEXT_EXTENSIONS):
-            raise ConfigError(
-                f"data.test_source={cfg.test_source} is a text table but data.kind=image; "
-                "set data.test_source=null to use the source's test/ folder"
-            )
-        self.srcs: dict[str, ImageFolderSource] = {}
-        self.members: dict[str, list[str]] = {}
-        self.labels: dict[str, np.ndarray] = {}
-        train = ImageFolderSource(cfg.source)
-        self.srcs["train"] = train
-        members, classes = train.split("train")
-        if not members:
-            raise DataError(f"{cfg.source}: no images under train/<class>/ (expected an ImageFolder tree)")
-        self.class_names = sorted(set(classes))
-        self._set("train", members, classes)
-        if cfg.test_source:
-            test = ImageFolderSource(cfg.test_source)
-            self.srcs["test"] = test
-            members, classes = test.split("test")
-            if not members:
-                members, classes = test.split("")
-            if not members:
-                raise DataError(f"{cfg.test_source}: no images under test/<class>/ or <class>/")
-            self._set("test", members, classes)
-        else:
-            self.srcs["test"] = train
-            members, classes = train.split("test")
-            if members:
-                self._set("test", members, classes)
-            else:
-                log.warning("%s has no test/<class>/ images; no test split is prepared", cfg.source)
-        self.hw: Optional[tuple[int, int]] = (cfg.image_size, cfg.image_size) if cfg.image_size else None
-
-    def _set(self, split: str, members: list[str], classes: list[str]) -> None:
-        lookup = {c: i for i, c in enumerate(self.class_names)}
-        for m, c in zip(members, classes):
-            if c not in lookup:
-                raise DataError(f"{self.srcs[split].describe(m)}: class folder {c!r} is not one of the "
-                                f"{len(self.class_names)} training classes")
-        self.members[split] = members
-        self.labels[split] = np.array([lookup[c] for c in classes], dtype=np.int64)
-
-    @property
-    def example_shape(self) -> tuple[int, ...]:
-        assert self.hw is not None
-        return self.hw + (3,)
-
-    def encode(self, split: str, idx: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """uint8 (n, H, W, 3) RGB; every image must have the size of the first unless image_size is set."""
-        src = self.srcs[split]
-        out: Optional[np.ndarray] = None
-        for k, i in enumerate(idx):
-            member = self.members[split][i]
-            img = decode_image(src, member, self.cfg.image_size)  # (H, W, 3)
-            if self.hw is None:
-                self.hw = img.shape[:2]
-            if img.shape[:2] != self.hw:
-                raise DataError(f"{src.describe(member)}: image is {img.shape[1]}x{img.shape[0]}, earlier images "
-                                f"are {self.hw[1]}x{self.hw[0]}; set data.image_size to resize")
-            if out is None:
-                out = np.empty((len(idx),) + img.shape, dtype=np.uint8)  # (n, H, W, 3)
-            out[k] = img
-        assert out is not None
-        return out, None
-
-    def preprocessing(self) -> dict:
-        assert self.hw is not None
-        return {"kind": "image", "height": self.hw[0], "width": self.hw[1], "channels": 3, "dtype": "uint8",
-                "layout": "NHWC", "resize": self.cfg.image_size, "resample": "bicubic" if self.cfg.image_size
-                else None, "normalization": "none (raw uint8 RGB; mean/std normalization is the model's job)"}
-
-    def sources(self) -> dict:
-        return {split: {"path": str(self.srcs[split].path), "bytes": self.srcs[split].path.stat().st_size
-                        if self.srcs[split].path.is_file() else None, "images": len(m)}
-                for split, m in self.members.items()}
-
-    def close(self) -> None:
-        for s in set(self.srcs.values()):
-            s.close()
-
-
-# ---------------------------------------------------------------------------------------------- directory
-
-
-_OUR_FILES = (INDEX_NAME, TEST_FILE)
-
-
-def _has_content(path: Path) -> bool:
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
-def _check_replaceable(path: Path) -> None:
-    """Refuse to overwrite anything that is not a shard directory (a mistyped data.shard_dir)."""
-    if not path.is_dir():
-        raise DataError(f"{path}: exists and is not a directory; refusing to overwrite")
-    for p in path.iterdir():
-        if not (p.name in _OUR_FILES or (p.name.startswith("shard-") and p.name.endswith(".h5"))):
-            raise DataError(f"{path}: exists and is not a shard directory (contains {p.name}); refusing to overwrite")
-
-
-def _is_current(out: Path, cfg: DataConfig, tokenizer: Optional[str]) -> bool:
-    """A complete directory prepared from the same data config (and tokenizer), whose files are all there."""
-    try:
-        index = read_index(out)
-    except DataError:
-        return False
-    if index["data_config"] != jsonable(cfg.identity()) or index["name"] != cfg.name:
-        return False
-    if cfg.kind == "text" and index["preprocessing"].get("tokenizer", {}).get("name_or_path") != tokenizer:
-        return False
-    files = [(s["file"], s.get("bytes")) for s in index["shards"]]
-    if index.get("test"):
-        files.append((index["test"]["file"], index["test"].get("bytes")))
-    return all((out / f).is_file() and (out / f).stat().st_size == b for f, b in files)
-
-
-def _install(tmp: Path, out: Path, cfg: DataConfig, tokenizer: Optional[str], force: bool) -> Path:
-    """Rename the finished temp dir to ``out`` (moving an old one aside first when forced)."""
-    old: Optional[Path] = None
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        elif force:
-            _check_replaceable(out)
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-        elif _is_current(out, cfg, tokenizer):  # another process finished the same data first
-            shutil.rmtree(tmp, ignore_errors=True)
-            return out
-        else:
-            raise DataError(f"{out}: appeared while preparing and holds other data; use force=True / --force")
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if _is_current(out, cfg, tokenizer):
-            shutil.rmtree(tmp, ignore_errors=True)
-            return out
-        if old is not None and not out.exists():
-            os.replace(old, out)  # put the previous complete directory back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- prepare
@@ -304,13 +63,13 @@ def prepare(cfg: DataConfig, tokenizer: Optional[str] = None, *, force: bool = F
     """
     cfg = resolved(cfg)
     out = cfg.resolved_shard_dir()
-    if _has_content(out):
+    if has_content(out):
         if not force:
             raise DataError(f"{out}: already exists; use ensure_prepared(), or force=True (--force) to rebuild")
-        _check_replaceable(out)
+        check_replaceable(out)
     t0 = time.perf_counter()
-    tok_name = _tokenizer_name(cfg, tokenizer) if cfg.kind == "text" else None
-    src = _TextSource(cfg, tok_name) if cfg.kind == "text" else _ImageSource(cfg)
+    tok_name = tokenizer_name(cfg, tokenizer) if cfg.kind == "text" else None
+    src = TextSource(cfg, tok_name) if cfg.kind == "text" else ImageSource(cfg)
     try:
         out = _build(cfg, src, out, tok_name, force)
     finally:
@@ -392,7 +151,7 @@ def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool
             "clients": clients,
         }
         write_index(tmp / INDEX_NAME, index)  # last: marks the directory complete
-        return _install(tmp, out, cfg, tok_name, force)
+        return install(tmp, out, cfg, tok_name, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -407,10 +166,10 @@ def ensure_prepared(cfg: DataConfig, tokenizer: Optional[str] = None) -> Path:
     """
     cfg = resolved(cfg)
     out = cfg.resolved_shard_dir()
-    tok_name = _tokenizer_name(cfg, tokenizer) if cfg.kind == "text" else None
-    if _is_current(out, cfg, tok_name):
+    tok_name = tokenizer_name(cfg, tokenizer) if cfg.kind == "text" else None
+    if is_current(out, cfg, tok_name):
         return out
-    return prepare(cfg, tokenizer, force=_has_content(out))
+    return prepare(cfg, tokenizer, force=has_content(out))
 
 
 def summarize(ds: ShardedDataset) -> str:
@@ -453,11 +212,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = resolved(cfg.data)
         tokenizer = data.tokenizer or cfg.model.path
         out = data.resolved_shard_dir()
-        tok_name = _tokenizer_name(data, tokenizer) if data.kind == "text" else None
-        if not force and _is_current(out, data, tok_name):
+        tok_name = tokenizer_name(data, tokenizer) if data.kind == "text" else None
+        if not force and is_current(out, data, tok_name):
             print(f"up to date (use --force to rebuild): {out}")
         else:
-            out = prepare(data, tokenizer, force=force or _has_content(out))  # logs "prepared ... in N s"
+            out = prepare(data, tokenizer, force=force or has_content(out))  # logs "prepared ... in N s"
         with ShardedDataset(out, expect_identity=data.identity()) as ds:
             print(summarize(ds))
     except (DataError, ConfigError) as e:
