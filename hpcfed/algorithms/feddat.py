@@ -12,7 +12,7 @@ placement of :mod:`hpcfed.peft.adapter`) holds three bottleneck adapters of the 
 * ``A_C`` — the client-specific adapter: trained, kept by its client across rounds (:mod:`state_store`);
 * ``Â_S`` — a frozen copy of this round's global ``A_S``.
 
-and a mode (:class:`Mode`): ``student`` h + A_S(h); ``dat`` (the Dual-Adapter Teacher)
+and a mode (:class:`hpcfed.peft.dual_adapter.Mode`): ``student`` h + A_S(h); ``dat`` (the Dual-Adapter Teacher)
 h + ½·A_C(h) + ½·Â_S(h); ``client`` h + A_C(h); ``global`` h + Â_S(h).
 
 Local training, per batch (mutual knowledge distillation, MKD):
@@ -42,7 +42,6 @@ Choices where the paper is silent (documented in docs/results/feddat.md):
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import math
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ from hpcfed.fl.client import (
 from hpcfed.fl.optim import FlatOptimizer
 from hpcfed.fl.state_store import ClientStateStore
 from hpcfed.peft import FlatParams, is_head
-from hpcfed.peft.adapter import ADAPTER_PREFIX, Adapter
+from hpcfed.peft.dual_adapter import DualAdapter, Mode, add_dual_adapters
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
@@ -146,85 +145,6 @@ def mkd_loss(logits: torch.Tensor, y: torch.Tensor, reference_logits: torch.Tens
     if reference_logits is None:
         return ce
     return 0.5 * (ce + kd_weight * kd_kl(logits, reference_logits, temperature))
-
-
-# -- the adapters ---------------------------------------------------------------------------------------------
-class Mode(str, enum.Enum):
-    STUDENT = "student"
-    """h + A_S(h): the shared adapter (the global model when A_S holds θ_global)."""
-    DAT = "dat"
-    """h + ½·A_C(h) + ½·Â_S(h): the Dual-Adapter Teacher."""
-    CLIENT = "client"
-    """h + A_C(h): the client adapter alone."""
-    GLOBAL = "global"
-    """h + Â_S(h): the frozen global copy alone."""
-
-
-class DualAdapter(nn.Module):
-    """The three adapters of one site and the mode switch: (..., D) -> (..., D), the term added to ``h``.
-
-    Args:
-        dim: D; bottleneck: the adapters' inner width.
-
-    Attributes:
-        shared, client, global_copy: :class:`~hpcfed.peft.adapter.Adapter` modules A_S, A_C, Â_S (up
-            projection zero: each starts as the identity).
-        mode: a :class:`Mode`.
-    """
-
-    def __init__(self, dim: int, bottleneck: int):
-        super().__init__()
-        self.shared = Adapter(dim, bottleneck)
-        self.client = Adapter(dim, bottleneck)
-        self.global_copy = Adapter(dim, bottleneck)
-        self.mode = Mode.STUDENT
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.mode == Mode.STUDENT:
-            return self.shared(h)
-        if self.mode == Mode.DAT:
-            return 0.5 * self.client(h) + 0.5 * self.global_copy(h)
-        if self.mode == Mode.CLIENT:
-            return self.client(h)
-        return self.global_copy(h)
-
-    # the same hooks as a single adapter (they call ``self(h)``)
-    add_to_output = Adapter.add_to_output
-    add_input_to_output = Adapter.add_input_to_output
-    add_to_residual = Adapter.add_to_residual
-
-
-def add_dual_adapters(model: nn.Module, reduction_factor: int, variant: str) -> list[DualAdapter]:
-    """Insert a :class:`DualAdapter` at both adapter sites of every block of ``model.backbone`` (the
-    placement of :func:`hpcfed.peft.adapter.add_adapters`: ``sequential`` or ``parallel``).
-
-    Raises:
-        ConfigError: unsupported backbone, or an empty bottleneck.
-    """
-    from hpcfed.peft.arch import find_encoder
-
-    enc = find_encoder(model, "adapter")
-    bottleneck = enc.dim // reduction_factor
-    if bottleneck < 1:
-        raise ConfigError(f"peft.adapter_reduction_factor={reduction_factor} is larger than the hidden size "
-                          f"{enc.dim}")
-    ref = next(enc.root.parameters())
-    sites = []
-    for blk in enc.blocks:
-        for kind, sub in (("attn", blk.attn_out), ("mlp", blk.mlp_out)):
-            a = DualAdapter(enc.dim, bottleneck).to(device=ref.device, dtype=ref.dtype)
-            blk.module.add_module(f"{ADAPTER_PREFIX}{kind}", a)
-            if enc.family == "hf_text":
-                if variant == "sequential":
-                    sub.dense.register_forward_hook(a.add_to_output, with_kwargs=True)
-                else:
-                    sub.register_forward_pre_hook(a.add_to_residual, with_kwargs=True)
-            elif variant == "sequential":
-                sub.register_forward_hook(a.add_to_output, with_kwargs=True)
-            else:
-                sub.register_forward_hook(a.add_input_to_output, with_kwargs=True)
-            sites.append(a)
-    return sites
 
 
 @register

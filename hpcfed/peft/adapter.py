@@ -29,7 +29,7 @@ A(x) to the residual term before the LayerNorm equals adding it to the sublayer'
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -83,38 +83,72 @@ class Adapter(nn.Module):
         return args, {**kwargs, "input_tensor": x + self(x)}
 
 
-def add_adapters(model: nn.Module, cfg: PeftConfig) -> list[nn.Module]:
-    """Insert two adapters per block of ``model.backbone``; returns them (in block order).
+AdapterFactory = Callable[[int, int], nn.Module]
+"""``(dim, bottleneck) -> module`` with :class:`Adapter`'s hook methods (``add_to_output``,
+``add_input_to_output``, ``add_to_residual``) that compute ``h -> term added to h``."""
+
+ADAPTER_SITES = ("attn", "mlp")
+"""The sublayers of a block an adapter can sit at: attention output, MLP (FFN) output."""
+
+
+def insert_adapters(model: nn.Module, reduction_factor: int, variant: str, *,
+                    factory: AdapterFactory = Adapter, sites: Sequence[str] = ADAPTER_SITES) -> list[nn.Module]:
+    """Insert one ``factory(D, D // reduction_factor)`` module at each of ``sites`` of every block of
+    ``model.backbone`` (placement: module docstring's table; ``variant``: 'sequential' or 'parallel'), on the
+    backbone's device and dtype, registered as ``<block>.adapter_<site>``.
+
+    Args:
+        model: a classifier with a supported transformer ``backbone`` (timm ViT, open_clip, HF BERT-like).
+        reduction_factor: D / bottleneck (``peft.adapter_reduction_factor``).
+        variant: 'sequential' (Houlsby) or 'parallel' (He et al.).
+        factory: builds one site's module (default :class:`Adapter`; FedDAT passes its dual adapter).
+        sites: which sublayers, in block order (default both; FedDAT's authors use the FFN output only).
+
+    Returns:
+        the inserted modules in (block, site) order.
 
     Raises:
-        ConfigError: the backbone is not a supported transformer, it already has adapters, or the
-            bottleneck would be empty.
+        ConfigError: the backbone is not a supported transformer, a site already has an adapter, an unknown
+            site, or the bottleneck would be empty.
     """
     enc = find_encoder(model, "adapter")
-    bottleneck = enc.dim // cfg.adapter_reduction_factor
+    bottleneck = enc.dim // reduction_factor
     if bottleneck < 1:
-        raise ConfigError(f"peft.adapter_reduction_factor={cfg.adapter_reduction_factor} is larger than the "
+        raise ConfigError(f"peft.adapter_reduction_factor={reduction_factor} is larger than the "
                           f"hidden size {enc.dim}")
+    unknown = sorted(set(sites) - set(ADAPTER_SITES))
+    if unknown:
+        raise ConfigError(f"adapter sites {unknown} unknown; choose from {list(ADAPTER_SITES)}")
     ref = next(enc.root.parameters())
     out = []
     for blk in enc.blocks:
-        for kind, sub in (("attn", blk.attn_out), ("mlp", blk.mlp_out)):
-            attr = f"{ADAPTER_PREFIX}{kind}"
+        subs = {"attn": blk.attn_out, "mlp": blk.mlp_out}
+        for kind in sites:
+            sub, attr = subs[kind], f"{ADAPTER_PREFIX}{kind}"
             if hasattr(blk.module, attr):
                 raise ConfigError(f"{blk.name} already has an adapter (peft applied twice?)")
-            a = Adapter(enc.dim, bottleneck).to(device=ref.device, dtype=ref.dtype)
+            a = factory(enc.dim, bottleneck).to(device=ref.device, dtype=ref.dtype)
             blk.module.add_module(attr, a)
             if enc.family == "hf_text":
-                if cfg.adapter_variant == "sequential":
+                if variant == "sequential":
                     sub.dense.register_forward_hook(a.add_to_output, with_kwargs=True)
                 else:
                     sub.register_forward_pre_hook(a.add_to_residual, with_kwargs=True)
-            elif cfg.adapter_variant == "sequential":
+            elif variant == "sequential":
                 sub.register_forward_hook(a.add_to_output, with_kwargs=True)
             else:
                 sub.register_forward_hook(a.add_input_to_output, with_kwargs=True)
             out.append(a)
     return out
+
+
+def add_adapters(model: nn.Module, cfg: PeftConfig) -> list[nn.Module]:
+    """Insert the adapters of ``cfg`` (two per block, :class:`Adapter`); returns them in block order.
+
+    Raises:
+        ConfigError: see :func:`insert_adapters`.
+    """
+    return insert_adapters(model, cfg.adapter_reduction_factor, cfg.adapter_variant)
 
 
 @register("adapter")

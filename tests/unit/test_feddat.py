@@ -8,7 +8,8 @@ import torch
 
 from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import LocalComm
-from hpcfed.algorithms.feddat import DualAdapter, FedDATParams, Mode, kd_kl, mkd_loss
+from hpcfed.algorithms.feddat import FedDATParams, kd_kl, mkd_loss
+from hpcfed.peft.dual_adapter import DualAdapter, Mode
 from hpcfed.compose import build_loop, load_run_config
 
 ALGO = ["fl.algorithm=feddat", "peft.method=adapter", "peft.adapter_reduction_factor=8"]

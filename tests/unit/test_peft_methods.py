@@ -212,3 +212,34 @@ def test_same_seed_same_local_update():
         LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu")).train(toy_client_data("hf_text"), seed=7)
         outs.append(flat.data.clone())
     assert torch.equal(outs[0], outs[1])
+
+
+def test_insert_adapters_takes_a_factory_and_sites():
+    """One inserter: a custom module per site, only the sites asked for, and a clear error on a second pass."""
+    import pytest
+    from torch import nn
+
+    from hpcfed.config import ConfigError
+    from hpcfed.peft.adapter import Adapter, insert_adapters
+
+    made = []
+
+    class Tagged(Adapter):
+        def __init__(self, dim, bottleneck):
+            super().__init__(dim, bottleneck)
+            made.append((dim, bottleneck))
+
+    model = build_model(load_config(tiny_model_args("hf_text")).model, 2).eval()
+    x = torch.randint(0, 100, (2, 5))
+    before = model(x, torch.tensor([5, 3]))
+    out = insert_adapters(model, 4, "sequential", factory=Tagged, sites=("mlp",))
+    assert made == [(32, 8), (32, 8)] and all(isinstance(a, Tagged) for a in out)
+    names = [n for n, _ in model.named_modules() if n.endswith(("adapter_mlp", "adapter_attn"))]
+    assert len(names) == 2 and all(n.endswith("adapter_mlp") for n in names)
+    torch.testing.assert_close(model(x, torch.tensor([5, 3])), before)  # up-projection at zero: identity
+    nn.init.normal_(out[0].up.weight)
+    assert not torch.allclose(model(x, torch.tensor([5, 3])), before)  # the hook is live
+    with pytest.raises(ConfigError, match="already has an adapter"):
+        insert_adapters(model, 4, "sequential", sites=("mlp",))
+    with pytest.raises(ConfigError, match="unknown"):
+        insert_adapters(model, 4, "sequential", sites=("ffn",))
