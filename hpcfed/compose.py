@@ -90,7 +90,7 @@ def build_loop(cfg: Config, rt, comm, callbacks=None):
 
     shard_dir = prepare_data_collectively(cfg, comm)
     dataset = ShardedDataset(shard_dir, expect_name=cfg.data.name)
-    algorithm = get_algorithm(cfg.fl.algorithm)(cfg)
+    algorithm = get_algorithm(cfg.fl.algorithm).from_config(cfg)
     model, flat = algorithm.build(cfg, rt.device, dataset)
     test = dataset.load_test()
     loop_data = dataset

@@ -328,8 +328,6 @@ class FLConfig:
     """Clients sampled per round (without replacement, seeded by (seed, round))."""
     weighting: str = "samples"
     """Aggregation weight of a client: 'samples' (its number of training examples) or 'uniform'."""
-    prox_mu: float = 0.01
-    """FedProx proximal coefficient μ (only with algorithm=fedprox)."""
     max_update_norm: Optional[float] = None
     """Drop a client whose update ‖θ_c − θ_global‖₂ exceeds this (null: no bound)."""
     max_failed_clients_per_round: Optional[int] = None
@@ -348,7 +346,6 @@ class FLConfig:
         check_choice("fl.weighting", self.weighting, ("samples", "uniform"))
         _positive("fl.rounds", self.rounds)
         _positive("fl.cohort_size", self.cohort_size)
-        _positive("fl.prox_mu", self.prox_mu, allow_zero=True)
 
 
 @dataclass
@@ -491,6 +488,10 @@ def _valid_keys(schema, full_key: str) -> str:
     return ", ".join(str(k) for k in node.keys())
 
 
+MOVED_KEYS = {"fl.prox_mu": "fl.algo.mu (FedProx owns its μ: fl.algorithm=fedprox fl.algo.mu=0.01)"}
+"""Keys of earlier versions and where they went (named in the unknown-key error)."""
+
+
 def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> Config:
     """Build a validated :class:`Config` from ``config=FILE`` (optional) and ``key=value`` overrides.
 
@@ -543,6 +544,8 @@ def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> C
         key = _full_key(e)
         valid = _valid_keys(schema, key)
         hint = f"; valid keys here: {valid}" if valid else ""
+        if key in MOVED_KEYS:
+            hint = f"; it moved to {MOVED_KEYS[key]}"
         raise ConfigError(f"{source}: unknown key '{key}'{hint}") from None
     except (oc_errors.ValidationError, oc_errors.ConfigTypeError) as e:
         key = _full_key(e)

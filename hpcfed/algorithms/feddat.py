@@ -162,12 +162,14 @@ class FedDAT(Algorithm):
     name = "feddat"
     Params = FedDATParams
 
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, params: FedDATParams, fl):
+        super().__init__(params, fl)
         self.sites: list[DualAdapter] = []
         self.client_flat: FlatParams | None = None
         self.global_flat: FlatParams | None = None
-        self.store = ClientStateStore(cfg.run_dir / "client_state", cache_size=self.params.state_cache)
+        self.store: ClientStateStore | None = None  # the engine's, handed over in setup
+        self._holdout_seed = 0
+        self._checkpoint = None
         self._round = 0
         self._started = False
 
@@ -176,7 +178,7 @@ class FedDAT(Algorithm):
         return self.params.variant == "dat"
 
     @classmethod
-    def check_config(cls, cfg: Config) -> None:
+    def check_config(cls, params, cfg: Config) -> None:
         if cfg.peft.method != "adapter":
             raise ConfigError(f"peft.method={cfg.peft.method!r}: fl.algorithm=feddat uses bottleneck adapters; "
                               "set peft.method=adapter (size and placement from peft.adapter_*)")
@@ -219,7 +221,9 @@ class FedDAT(Algorithm):
     def setup(self, loop: FederatedLoop) -> None:
         if self.client_flat is None:
             raise ConfigError("fl.algorithm=feddat: the model was not built by FedDAT.build")
-        c = loop.cfg.fl.local
+        self.store = loop.client_state_store("client_state", cache_size=self.params.state_cache)
+        self._holdout_seed, self._checkpoint = loop.cfg.seed, loop.cfg.checkpoint
+        c = self.fl.local
         backend = loop.trainer.kernel_backend
         self._opt_s = FlatOptimizer(c, (loop.flat.numel,), loop.device, lr_scale=loop.trainer.lr_scale,
                                     backend=backend)
@@ -275,7 +279,7 @@ class FedDAT(Algorithm):
         """
         p, c, dev = self.params, trainer.cfg, trainer.device
         model, flat = trainer.model, trainer.flat
-        train, _ = split_holdout(data, self.cfg.local_only_holdout, self.run_cfg.seed, client_id)
+        train, _ = split_holdout(data, self.fl.local_only_holdout, self._holdout_seed, client_id)
         flat.data.copy_(theta_global)
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # dropout
@@ -341,7 +345,7 @@ class FedDAT(Algorithm):
     def after_round(self, loop: FederatedLoop, round_idx: int) -> dict:
         """One process prunes client-state versions no kept checkpoint can need (module docstring of
         :mod:`hpcfed.fl.state_store`); nothing with ``checkpoint.every_rounds=0``."""
-        ck = self.run_cfg.checkpoint
+        ck = self._checkpoint
         if self.dat and ck.every_rounds > 0:
             keep_from = round_idx - ck.every_rounds * (ck.keep_last + 1)
             loop.comm.main_only(lambda: self.store.prune(keep_from))  # others never read what it deletes
@@ -388,7 +392,7 @@ class FedDAT(Algorithm):
                 if self.dat and (mine or i < k_test):
                     self.client_flat.data.copy_(self.client_state(cid, self._round + 1))
                 if mine:
-                    _, hold = split_holdout(loop.clients.get(cid), self.cfg.local_only_holdout, self.run_cfg.seed,
+                    _, hold = split_holdout(loop.clients.get(cid), self.fl.local_only_holdout, self._holdout_seed,
                                             cid)
                     if len(hold):
                         for j, m in enumerate(modes):

@@ -256,7 +256,7 @@ class FedPFT(Algorithm):
     Params = FedPFTParams
 
     @classmethod
-    def check_config(cls, cfg: Config) -> None:
+    def check_config(cls, params, cfg: Config) -> None:
         if cfg.model.family != "hf_text":
             raise ConfigError(f"model.family={cfg.model.family!r}: fedpft needs a BERT-like hf_text backbone")
         if cfg.peft.method != "lora":
@@ -264,8 +264,8 @@ class FedPFT(Algorithm):
         if cfg.fl.mode != "federated":
             raise ConfigError(f"fl.mode={cfg.fl.mode!r}: fedpft runs only in federated mode")
 
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, params: FedPFTParams, fl):
+        super().__init__(params, fl)
         self.p: FedPFTParams = self.params
         self.full_model = None
         self.full_flat = None
@@ -332,9 +332,9 @@ class FedPFT(Algorithm):
                 log.info("fedpft stage 1: %d steps, loss %.4f -> %.4f (%.1f s)", rep.steps, rep.loss_first,
                          rep.loss_last, self._info["stage1_s"])
 
-    def _public_data(self) -> ClientData:
+    def _public_data(self, loop) -> ClientData:
         if self._public is None:
-            self._public = load_public_text(self.run_cfg, self.p)
+            self._public = load_public_text(loop.cfg, self.p)
         return self._public
 
     def _distill_shared(self, loop, *, frozen, steps: int, lr: float, seed: int, weight_alpha: float):
@@ -346,7 +346,7 @@ class FedPFT(Algorithm):
         def distil():
             self.full_flat.data.copy_(loop.theta_global)  # the teacher carries the current global LoRA
             loop.flat.data.copy_(loop.theta_global)
-            return sm.distill(self.full_model.backbone, student, self.layers, self._public_data(), steps=steps,
+            return sm.distill(self.full_model.backbone, student, self.layers, self._public_data(loop), steps=steps,
                               batch_size=self.p.distill_batch_size, lr=lr, seed=seed, device=loop.device,
                               weight_alpha=weight_alpha, frozen=frozen)
 
@@ -358,7 +358,7 @@ class FedPFT(Algorithm):
     # -- one round ------------------------------------------------------------------------------------
     def _align_round(self, round_idx: int) -> bool:
         t = self.p.align_every
-        return (self._apoz is not None and t > 0 and round_idx % t == 0 and round_idx < self.run_cfg.fl.rounds)
+        return (self._apoz is not None and t > 0 and round_idx % t == 0 and round_idx < self.fl.rounds)
 
     def on_round_start(self, loop: "FederatedLoop", round_idx: int) -> None:
         self._collect = self._align_round(round_idx)

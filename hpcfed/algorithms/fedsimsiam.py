@@ -43,7 +43,7 @@ log = logging.getLogger("hpcfed.fl")
 _EVAL_VIEW_SEEDS = (1, 2)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FedSimSiamParams:
     """Hyperparameters of federated SimSiam (``fl.algo.*``)."""
 
@@ -71,7 +71,7 @@ class FedSimSiam(Algorithm):
     Params = FedSimSiamParams
 
     @classmethod
-    def check_config(cls, cfg: Config) -> None:
+    def check_config(cls, params, cfg: Config) -> None:
         if cfg.data.kind != "image" or cfg.model.family != "timm_vit":
             raise ConfigError("fl.algorithm=fedsimsiam pre-trains image backbones: needs data.kind=image and "
                               "model.family=timm_vit")

@@ -40,7 +40,7 @@ from torch import nn
 
 from hpcfed.config import Config, ConfigError
 from hpcfed.algorithms.registry import register
-from hpcfed.fl.algorithm import Algorithm, parse_params
+from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalResult, LocalTrainer, evaluate
 from hpcfed.algorithms.fedyolo_tasks import TASK_KINDS, MultiTaskDataset, assign_tasks, open_tasks
 from hpcfed.fl.sampling import cohort_for_round
@@ -56,7 +56,7 @@ PER_TASK_METHODS = ("lora", "prompt", "adapter", "head")
 SHARED_METHODS = ("full", "bias")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FedYoloParams:
     """Hyperparameters of FedYolo (``fl.algo.*``).
 
@@ -268,8 +268,8 @@ class FedYolo(Algorithm):
     name = "fedyolo"
     Params = FedYoloParams
 
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, params: FedYoloParams, fl):
+        super().__init__(params, fl)
         self.kinds = self.params.task_kinds
         self.num_tasks = len(self.kinds)
         self.active: set[int] = set(range(self.num_tasks))
@@ -281,9 +281,8 @@ class FedYolo(Algorithm):
         self.full_model_params = 0
 
     @classmethod
-    def check_config(cls, cfg: Config) -> None:
-        p = parse_params(FedYoloParams, cfg.fl.algo, cls.name)
-        if "wordorder" in p.task_kinds and cfg.data.kind != "text":
+    def check_config(cls, params, cfg: Config) -> None:
+        if "wordorder" in params.task_kinds and cfg.data.kind != "text":
             raise ConfigError("fl.algo.tasks: 'wordorder' needs text data (data.kind=text)")
         if cfg.fl.mode != "federated":
             raise ConfigError(f"fl.mode={cfg.fl.mode!r}: fl.algorithm=fedyolo runs only federated")
@@ -291,13 +290,13 @@ class FedYolo(Algorithm):
             raise ConfigError(f"peft.method={cfg.peft.method!r}: not supported by fl.algorithm=fedyolo")
 
     # -- construction ------------------------------------------------------------------------------
-    def num_classes(self, dataset) -> list[int]:
-        """K_t per task: the data set's classes for 'label', 2 for 'wordorder'."""
-        return [(self.run_cfg.model.num_classes or dataset.num_classes) if k == "label" else 2 for k in self.kinds]
+    def num_classes(self, dataset, model_num_classes: Optional[int]) -> list[int]:
+        """K_t per task: ``model.num_classes`` or the data set's classes for 'label', 2 for 'wordorder'."""
+        return [(model_num_classes or dataset.num_classes) if k == "label" else 2 for k in self.kinds]
 
     def build(self, cfg: Config, device: torch.device, dataset):
         model, flat, self.switch, self.seg_task = build_multitask(
-            cfg, self.num_classes(dataset), class_names=dataset.class_names if self.kinds[0] == "label" else None,
+            cfg, self.num_classes(dataset, cfg.model.num_classes), class_names=dataset.class_names if self.kinds[0] == "label" else None,
             device=device)
         self.masks = task_masks(flat, self.seg_task, self.num_tasks)
         module = sum(s.numel for s, t in zip(flat.layout, self.seg_task)
@@ -308,7 +307,7 @@ class FedYolo(Algorithm):
     def setup(self, loop: "FederatedLoop") -> None:
         """Open every task's shards, assign tasks to clients, and install the multi-task client view."""
         datasets, self.tests = open_tasks(self.kinds, loop.cfg, loop.dataset, loop.comm)
-        for k, ds, nc in zip(self.kinds, datasets, self.num_classes(loop.dataset)):
+        for k, ds, nc in zip(self.kinds, datasets, self.num_classes(loop.dataset, loop.cfg.model.num_classes)):
             if ds.num_classes > nc:
                 raise ConfigError(f"fl.algo.tasks: task {k!r} has {ds.num_classes} classes, its head {nc}")
         n = datasets[0].num_clients
@@ -327,7 +326,7 @@ class FedYolo(Algorithm):
     @property
     def phase_rounds(self) -> int:
         p = self.params.phase_rounds
-        return p if p > 0 else math.ceil(self.cfg.rounds / self.num_tasks)
+        return p if p > 0 else math.ceil(self.fl.rounds / self.num_tasks)
 
     def active_tasks(self, round_idx: int) -> set[int]:
         """Tasks trained in round ``round_idx`` (1-based)."""

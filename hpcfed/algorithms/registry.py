@@ -8,7 +8,7 @@ A method registers itself with the :func:`register` class decorator when its mod
 from __future__ import annotations
 
 from hpcfed.config import Config, ConfigError
-from hpcfed.fl.algorithm import Algorithm, parse_params
+from hpcfed.fl.algorithm import Algorithm
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 """Registered algorithms by name (``fl.algorithm``)."""
@@ -39,5 +39,4 @@ def validate_algorithm(cfg: Config) -> None:
         ConfigError: one line naming the key.
     """
     cls = get_algorithm(cfg.fl.algorithm)
-    parse_params(cls.Params, cfg.fl.algo, cls.name)
-    cls.check_config(cfg)
+    cls.check_config(cls.parse_params(cfg.fl.algo), cfg)

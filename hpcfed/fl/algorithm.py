@@ -7,7 +7,7 @@ is the engine's side of that contract: the hooks and the parsing of ``fl.algo``.
 this order:
 
 =====================================  ==========================================================================
-``build(cfg, rt, comm, dataset)``      make (model, flat buffer) — default: :func:`build_model` + PEFT
+``build(cfg, device, dataset)``        make (model, flat buffer) — default: :func:`build_model` + PEFT
 ``setup(loop)``                        once, at the end of :class:`FederatedLoop` construction
 ``on_round_start(loop, r)``            before the round's local training (every rank)
 ``local_update(trainer, θ, data,      train one client from θ_global; θ_c is left in ``trainer.flat.data``
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from hpcfed.config import Config, ConfigError
+from hpcfed.config import Config, ConfigError, FLConfig
 from hpcfed.data import ClientData
 from hpcfed.fl.client import GradHook, LocalResult, LocalTrainer
 
@@ -47,15 +47,19 @@ def parse_params(params_cls: Optional[type], values: dict[str, Any], algorithm: 
     """Build the algorithm's hyperparameter dataclass from ``fl.algo``.
 
     Args:
-        params_cls: a dataclass type, or None for an algorithm without hyperparameters.
+        params_cls: a frozen dataclass type, or None for an algorithm without hyperparameters.
         values: the ``fl.algo`` mapping.
         algorithm: its name, for messages.
 
     Raises:
         ConfigError: an unknown key (with the valid ones), a value of the wrong type, or one the dataclass's
             ``__post_init__`` rejects.
+        TypeError: ``params_cls`` is not a frozen dataclass (a method's programming error).
     """
     values = dict(values or {})
+    if params_cls is not None and not (dataclasses.is_dataclass(params_cls)
+                                       and params_cls.__dataclass_params__.frozen):
+        raise TypeError(f"{params_cls.__name__}: an algorithm's Params must be a @dataclass(frozen=True)")
     if params_cls is None:
         if values:
             raise ConfigError(f"fl.algo: algorithm {algorithm!r} takes no parameters, got {sorted(values)}")
@@ -88,23 +92,46 @@ def parse_params(params_cls: Optional[type], values: dict[str, Any], algorithm: 
 class Algorithm:
     """Base class: FedAvg semantics for every hook (McMahan et al., AISTATS 2017).
 
+    A method owns its configuration: its hyperparameters are a frozen dataclass (``Params``) parsed once from
+    ``fl.algo`` (:meth:`from_config`), and it is handed those and the FL section, not the whole run config.
+    What else it needs (the run seed, the model section) it reads from the loop in :meth:`setup` or gets in
+    :meth:`build`.
+
     Args:
-        cfg: the whole run config (``cfg.fl.algo`` is parsed into ``self.params``).
+        params: an instance of ``Params`` (None when the method has none).
+        fl: the ``fl`` section (rounds, cohort, weighting, local training, ...).
     """
 
     name = "base"
     Params: Optional[type] = None
-    """Dataclass of hyperparameters (``fl.algo.*``); None when there are none."""
+    """Frozen dataclass of hyperparameters (``fl.algo.*``); None when there are none."""
 
-    def __init__(self, cfg: Config):
-        self.run_cfg = cfg
-        self.cfg = cfg.fl
-        self.params = parse_params(self.Params, cfg.fl.algo, self.name)
+    def __init__(self, params: Any, fl: FLConfig):
+        self.params = params
+        self.fl = fl
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def check_config(cls, cfg: Config) -> None:
-        """Reject config combinations the algorithm cannot run (raise :class:`ConfigError`)."""
+    def parse_params(cls, values: dict[str, Any]) -> Any:
+        """``fl.algo`` → an instance of ``cls.Params`` (None without one); see :func:`parse_params`."""
+        return parse_params(cls.Params, values, cls.name)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Algorithm":
+        """The method of a run: parse ``cfg.fl.algo`` once, check the method's constraints on the rest of
+        the config (:meth:`check_config`), construct.
+
+        Raises:
+            ConfigError: one line naming the key.
+        """
+        params = cls.parse_params(cfg.fl.algo)
+        cls.check_config(params, cfg)
+        return cls(params, cfg.fl)
+
+    @classmethod
+    def check_config(cls, params: Any, cfg: Config) -> None:
+        """Reject config combinations the algorithm cannot run (raise :class:`ConfigError`); ``params`` is
+        the parsed ``fl.algo``. Called by the composition root, which sees the whole config."""
 
     def build(self, cfg: Config, device: torch.device, dataset) -> tuple[torch.nn.Module, "FlatParams"]:
         """The model and its flat buffer of federated parameters (the initial global model).
@@ -129,7 +156,7 @@ class Algorithm:
 
     def client_weight(self, num_samples: int) -> float:
         """Aggregation weight w_c: the client's number of examples, or 1 with ``fl.weighting=uniform``."""
-        return float(num_samples) if self.cfg.weighting == "samples" else 1.0
+        return float(num_samples) if self.fl.weighting == "samples" else 1.0
 
     def grad_hook(self, theta_global: torch.Tensor) -> Optional[GradHook]:
         """Extra gradient term added after each local backward (None: none)."""

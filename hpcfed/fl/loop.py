@@ -25,6 +25,7 @@ from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalTrainer, evaluate
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
+from hpcfed.fl.state_store import ClientStateStore
 from hpcfed.peft import FlatParams
 from hpcfed.rng import TrainStream, generator
 
@@ -98,7 +99,7 @@ class FederatedLoop:
         self.stop_flag = stop_flag
         self.test_data, self.comm, self.device = test_data, comm, device
         self.callbacks = callbacks or []
-        self.algorithm = algorithm if algorithm is not None else Algorithm(cfg)
+        self.algorithm = algorithm if algorithm is not None else Algorithm(None, cfg.fl)
         self.trainer = LocalTrainer(model, flat, cfg.fl.local, device, kernel_backend,
                                     head_only=cfg.peft.method == "head")
         self.aggregator = Aggregator(flat.numel, device, kernel_backend)
@@ -122,6 +123,12 @@ class FederatedLoop:
                             "a time", g, why)
 
     # -- one round -----------------------------------------------------------------------------------
+    def client_state_store(self, name: str, *, cache_size: int) -> ClientStateStore:
+        """A store of per-client state (e.g. FedDAT's client adapters) in ``<run dir>/<name>``: the engine owns
+        the run's files, a method asks for a store by name. See :class:`~hpcfed.fl.state_store.ClientStateStore`.
+        """
+        return ClientStateStore(self.cfg.run_dir / name, cache_size=cache_size)
+
     def my_clients(self, round_idx: int) -> list[int]:
         """This rank's share of round ``round_idx``'s cohort (balanced by client size)."""
         cohort = cohort_for_round(self.cfg.seed, round_idx, self.dataset.num_clients, self.cfg.fl.cohort_size)

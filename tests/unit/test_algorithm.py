@@ -15,7 +15,7 @@ from hpcfed.fl.algorithm import Algorithm, parse_params
 from hpcfed.compose import build_loop, load_run_config
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Params:
     temperature: float = 3.0
     rounds_between: int = 5
@@ -107,3 +107,46 @@ def test_hooks_are_called_and_state_is_checkpointed(toy_text):
         assert torch.equal(loop2.algorithm.counter, torch.ones(1))
     finally:
         ALGORITHMS.pop("_probe", None)
+
+
+def test_params_must_be_frozen_and_are_parsed_once(monkeypatch):
+    """A method's Params are a frozen dataclass, parsed once per construction; the method gets them and the
+    FL section, not the whole config."""
+    import dataclasses
+
+    @dataclass
+    class Mutable:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="frozen"):
+        parse_params(Mutable, {}, "toy")
+    from hpcfed.algorithms.fedyolo import FedYolo
+
+    parsed = []
+    real = FedYolo.parse_params.__func__
+    monkeypatch.setattr(FedYolo, "parse_params", classmethod(lambda cls, v: parsed.append(v) or real(cls, v)))
+    cfg = load_config(["fl.algorithm=fedyolo", "fl.algo.tasks=label", "peft.method=adapter"])
+    algo = FedYolo.from_config(cfg)
+    assert len(parsed) == 1 and algo.fl is cfg.fl and not hasattr(algo, "run_cfg")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        algo.params.tasks = "wordorder"
+
+
+def test_fedprox_mu_is_its_own_parameter():
+    """FedProx reads μ from fl.algo.mu (its Params); the old fl.prox_mu key says where it went."""
+    from hpcfed.algorithms.fedprox import FedProx
+    from hpcfed.peft import FlatParams
+
+    algo = FedProx.from_config(load_config(["fl.algorithm=fedprox", "fl.algo.mu=0.5"]))
+    assert algo.params.mu == 0.5
+    model = torch.nn.Linear(3, 1)
+    flat = FlatParams(model, ["weight", "bias"])
+    theta_global = flat.data.clone()
+    flat.data.add_(2.0)
+    flat.zero_grad()
+    algo.grad_hook(theta_global)(flat)
+    torch.testing.assert_close(flat.grad, torch.full_like(flat.grad, 1.0))  # μ(θ − θg) = 0.5·2
+    with pytest.raises(ConfigError, match="fl.algo.mu=-1.0 must be >= 0"):
+        load_run_config(["fl.algorithm=fedprox", "fl.algo.mu=-1"])
+    with pytest.raises(ConfigError, match="unknown key 'fl.prox_mu'; it moved to fl.algo.mu"):
+        load_config(["fl.prox_mu=0.1"])

@@ -78,7 +78,7 @@ def test_params_defaults_and_errors(toy_text):
     cfg = load_config(toy_text + ALGO + ["fl.algo.kd_temperature=2", "fl.algo.client_lr=0.01"])
     from hpcfed.algorithms import get_algorithm
 
-    algo = get_algorithm("feddat")(cfg)
+    algo = get_algorithm("feddat").from_config(cfg)
     assert algo.params.kd_temperature == 2.0 and algo.params.client_lr == 0.01
     for bad, key in ((["fl.algo.kd_temperature=0"], "kd_temperature"), (["fl.algo.variant=x"], "variant"),
                      (["fl.algo.nope=1"], "nope"), (["fl.algo.eval_clients=-1"], "eval_clients")):

@@ -110,13 +110,13 @@ def test_bf16_group_close_to_fp32():
 
 def test_unsupported_cases_named():
     cfg, model, _ = _setup("hf_text", "prompt")
-    assert "soft prompts" in unsupported_reason(cfg, model, FedAvg(cfg))
+    assert "soft prompts" in unsupported_reason(cfg, model, FedAvg.from_config(cfg))
     cfg2 = load_config(tiny_model_args("hf_text") + ["fl.local.steps=null"])
-    assert "epochs" in unsupported_reason(cfg2, model, FedAvg(cfg2))
+    assert "epochs" in unsupported_reason(cfg2, model, FedAvg.from_config(cfg2))
     cfg3 = load_config(tiny_model_args("hf_text") + ["fl.local.steps=2", "fl.algorithm=fedprox"])
     from hpcfed.algorithms.fedprox import FedProx
 
-    assert "gradient term" in unsupported_reason(cfg3, model, FedProx(cfg3))
+    assert "gradient term" in unsupported_reason(cfg3, model, FedProx.from_config(cfg3))
 
 
 class _Rt:
