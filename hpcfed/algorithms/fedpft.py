@@ -6,7 +6,7 @@ IJCAI 2024 (arXiv:2404.11536); authors' code github.com/pzp-dzd/FedPFT.
 
 1. Sub-model construction (Sec. 4.1): in every compressed layer (default: all but the first and the last) keep
    the top-k FFN neurons by saliency ‖[W1 row, W2 column]‖₂, k = round(keep_ratio · F); attention,
-   LayerNorms, embeddings and the other layers are copied (:func:`hpcfed.algorithms.fedpft_submodel.build_submodel`).
+   LayerNorms, embeddings and the other layers are copied (:func:`hpcfed.models.submodel.build_submodel`).
 2. Stage 1, layer-level distillation before FL (Sec. 4.2): the sub-model's compressed layers are distilled
    from the full model on public, unlabelled text; loss per compressed layer
    mean((h_t − h_s)²)/mean(h_t²) + α·mean((W2ᵗW1ᵗ − W2ˢW1ˢ)²)/mean((W2ᵗW1ᵗ)²), averaged over layers.

@@ -28,7 +28,6 @@ multi-adapter support (adapter ``default`` for task 0, ``task<t>`` for the other
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from hpcfed.config import Config, ConfigError
 from hpcfed.algorithms.registry import register
@@ -44,16 +42,16 @@ from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalResult, LocalTrainer, evaluate
 from hpcfed.algorithms.fedyolo_tasks import TASK_KINDS, MultiTaskDataset, assign_tasks, open_tasks
 from hpcfed.fl.sampling import cohort_for_round
+from hpcfed.peft.multitask import (
+    PER_TASK_METHODS, SHARED_METHODS, TaskSwitch, make_multitask, task_masks,
+)
 from hpcfed.rng import TrainStream, seed63
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
-    from hpcfed.peft import FlatParams
 
 log = logging.getLogger("hpcfed.fl")
 
-PER_TASK_METHODS = ("lora", "prompt", "adapter", "head")
-SHARED_METHODS = ("full", "bias")
 
 
 @dataclass(frozen=True)
@@ -101,78 +99,11 @@ class FedYoloParams:
         return [k.strip() for k in self.tasks.split(",") if k.strip()]
 
 
-# ------------------------------------------------------------------------------------------------ the model
-class TaskHeads(nn.ModuleList):
-    """One ``nn.Linear`` head per task; calling it applies the active task's head: (B, D) -> (B, K_t).
-
-    Registered as the classifier's ``head``, so parameters are named ``head.<t>.weight`` / ``head.<t>.bias``
-    (``is_head`` holds for all of them, so ``fl.local.head_lr`` applies).
-    """
-
-    def __init__(self, heads: list[nn.Linear]):
-        super().__init__(heads)
-        self.active = 0
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self[self.active](h)
-
-    @property
-    def out_features(self) -> int:
-        return self[self.active].out_features
-
-
-class _AdapterGate:
-    """Replaces an :class:`~hpcfed.peft.adapter.Adapter`'s forward: its output when its task is active, else
-    a scalar 0 (so the hook adds nothing and computes nothing)."""
-
-    def __init__(self, adapter: nn.Module, task: int, switch: "TaskSwitch"):
-        self.fwd, self.task, self.switch = type(adapter).forward.__get__(adapter), task, switch
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fwd(h) if self.switch.task == self.task else h.new_zeros(())
-
-
-@dataclass
-class TaskSwitch:
-    """Selects the task a multi-task model computes: its head, and its module (peft adapter name or gate)."""
-
-    model: nn.Module
-    adapter_names: Optional[list[str]] = None
-    task: int = 0
-
-    def set(self, t: int) -> None:
-        self.task = t
-        self.model.head.active = t
-        if self.adapter_names is not None:
-            self.model.backbone.set_adapter(self.adapter_names[t])
-
-
-def adapter_name(t: int) -> str:
-    """peft adapter name of task ``t`` ('default' for task 0, as ``get_peft_model`` names it)."""
-    return "default" if t == 0 else f"task{t}"
-
-
-def _segment_task(name: str, method: str, num_tasks: int) -> Optional[int]:
-    """Task owning the trainable parameter ``name``; None for a shared one (backbone under full/bias)."""
-    if name.startswith("head."):
-        return int(name.split(".")[1])
-    if method in ("lora", "prompt"):
-        for t in range(num_tasks):
-            if f".{adapter_name(t)}." in name:
-                return t
-        raise ValueError(f"{name}: belongs to no task adapter")
-    if method == "adapter":
-        part = next(p for p in name.split(".") if p.startswith("adapter_"))
-        return int(part.rsplit("_task", 1)[1])
-    return None
-
-
 def build_multitask(cfg: Config, num_classes: list[int], class_names=None,
                     device: Optional[torch.device] = None):
-    """The classifier with one module and one head per task on one backbone, and its flat buffer.
-
-    Layout (offset order): ``[shared | M_0, h_0 | M_1, h_1 | ...]`` where ``shared`` is the backbone under
-    ``full``/``bias`` (empty otherwise). Seeded by ``cfg.seed`` (same initial model in every process).
+    """The classifier with one module and one head per task on one backbone, and its flat buffer
+    (:func:`hpcfed.peft.multitask.make_multitask` on :func:`~hpcfed.models.build_model`). Seeded by
+    ``cfg.seed`` (same initial model in every process).
 
     Args:
         cfg: run config (``model.*``, ``peft.*``).
@@ -186,68 +117,10 @@ def build_multitask(cfg: Config, num_classes: list[int], class_names=None,
         ConfigError: a PEFT method this algorithm cannot split per task.
     """
     from hpcfed.models import build_model
-    from hpcfed.peft import FlatParams
-    from hpcfed.peft.adapter import add_adapters
-    from hpcfed.peft.arch import find_encoder
-    from hpcfed.peft import METHODS
 
-    method, num_tasks = cfg.peft.method, len(num_classes)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes[0], class_names=class_names).to(device or "cpu")
-    dim = model.head.in_features
-    ref = model.head.weight
-    heads = [model.head] + [nn.Linear(dim, k).to(ref.device, ref.dtype) for k in num_classes[1:]]
-    model.head = TaskHeads(heads)
-    switch = TaskSwitch(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if method in ("lora", "prompt"):
-        METHODS[method](model, cfg.peft)
-        if not hasattr(model.backbone, "peft_config"):
-            raise ConfigError(f"peft.method={method!r}: FedYolo needs the peft-library variant (text prompts or "
-                              "LoRA); visual prompts have no per-task switch")
-        base_cfg = model.backbone.peft_config["default"]
-        for t in range(1, num_tasks):
-            model.backbone.add_adapter(adapter_name(t), dataclasses.replace(base_cfg))
-        switch.adapter_names = [adapter_name(t) for t in range(num_tasks)]
-    elif method == "adapter":
-        for t in range(num_tasks):
-            adapters = add_adapters(model, cfg.peft)
-            blocks = [b.module for b in find_encoder(model, "adapter").blocks]
-            it = iter(adapters)
-            for blk in blocks:
-                for kind in ("attn", "mlp"):
-                    a = next(it)
-                    delattr(blk, f"adapter_{kind}")
-                    blk.add_module(f"adapter_{kind}_task{t}", a)
-                    a.forward = _AdapterGate(a, t, switch)
-    elif method in SHARED_METHODS or method == "head":
-        names = METHODS[method](model, cfg.peft)
-    else:  # pragma: no cover - PeftConfig validates the method
-        raise ConfigError(f"peft.method={method!r}: not supported by fl.algorithm=fedyolo")
-    if method in ("lora", "prompt", "adapter"):
-        names = [n for n, _ in model.named_parameters()
-                 if n.startswith("head.") or "lora_" in n or "prompt" in n or "adapter_" in n]
-    tasks_of = {n: _segment_task(n, method, num_tasks) for n in names}
-    order = [n for n in names if tasks_of[n] is None]
-    for t in range(num_tasks):
-        order += [n for n in names if tasks_of[n] == t and not n.startswith("head.")]
-        order += [n for n in names if n.startswith(f"head.{t}.")]
-    flat = FlatParams(model, order)
-    switch.set(0)
-    return model, flat, switch, [tasks_of[s.name] for s in flat.layout]
-
-
-def task_masks(flat: "FlatParams", seg_task: list[Optional[int]], num_tasks: int) -> list[torch.Tensor]:
-    """(n,) bool mask of each task: its own segments plus the shared ones."""
-    out = []
-    for t in range(num_tasks):
-        m = torch.zeros(flat.numel, dtype=torch.bool, device=flat.data.device)
-        for s, st in zip(flat.layout, seg_task):
-            if st is None or st == t:
-                m[s.offset:s.end] = True
-        out.append(m)
-    return out
+    return (model, *make_multitask(model, cfg.peft, num_classes))
 
 
 def task_seed(seed: int, task: int) -> int:

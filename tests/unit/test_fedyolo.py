@@ -11,7 +11,8 @@ from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import LocalComm
 from hpcfed.fl.algorithm import parse_params
 from hpcfed.fl.client import LocalResult
-from hpcfed.algorithms.fedyolo import FedYolo, FedYoloParams, build_multitask, task_masks
+from hpcfed.algorithms.fedyolo import FedYolo, FedYoloParams, build_multitask
+from hpcfed.peft.multitask import task_masks
 from hpcfed.algorithms.fedyolo_tasks import assign_tasks, wordorder_rows
 from hpcfed.compose import build_loop, load_run_config
 from tests.conftest import tiny_model_args
