@@ -5,8 +5,9 @@ Heterogeneous Federated Learning", AAAI 2024 (arXiv:2308.12305), Sec. "Method" (
 Mutual Knowledge Distillation) and its reference code (github.com/HaokunChen245/FedDAT,
 ``src/train/visionlanguage_tasks/task_trainer.py``).
 
-Every adapter site of the backbone (two per transformer block: after attention and after the MLP, the
-placement of :mod:`hpcfed.peft.adapter`) holds three bottleneck adapters of the same size:
+Every adapter site of the backbone (by default one per transformer block, at the FFN output, as the reference
+code's ``Adaptered_BertOutput``; ``fl.algo.adapter_sites=attn,mlp`` adds one after attention) holds three
+bottleneck adapters of the same size:
 
 * ``A_S`` — the shared adapter: trained, the only adapter sent to the server and averaged;
 * ``A_C`` — the client-specific adapter: trained, kept by its client across rounds (:mod:`state_store`);
@@ -18,21 +19,38 @@ h + ½·A_C(h) + ½·Â_S(h); ``client`` h + A_C(h); ``global`` h + Â_S(h).
 Local training, per batch (mutual knowledge distillation, MKD):
 
 1. teacher logits z_T of the DAT, without gradient;
-2. update A_S (and the shared head) on ½·(CE(z_S, y) + λ·KL_T(z_T → z_S)) with z_S the student's logits;
-3. update A_C inside the DAT on ½·(CE(z_D, y) + λ·KL_T(z_S → z_D)) with z_D the DAT's logits and z_S the
-   (detached) student logits of step 2.
+2. update A_S and the head on ½·(CE(z_S, y) + λ·KL_T(z_T → z_S)) with z_S the student's logits;
+3. update A_C and the head inside the DAT on ½·(CE(z_D, y) + λ·KL_T(z_S → z_D)) with z_D the DAT's logits and
+   z_S the (detached) student logits of step 2.
 
 KL_T(target → z) = T²·KL(softmax(target/T) ‖ softmax(z/T)), batch mean: the distribution being trained is z
 (the reference code's ``kl_loss(output, target)``). In the issue's notation step 2 is "KL_T(student ‖ DAT)"
-and step 3 "KL_T(DAT ‖ student)": the first argument is the side that learns. The server averages A_S (+ the
-head) with the loop's ordinary aggregation; A_C never leaves its client.
+and step 3 "KL_T(DAT ‖ student)": the first argument is the side that learns. The server averages A_S,
+uniformly over the cohort; A_C and the head never leave their client.
+
+Defaults follow the reference code (``src/train/main.py``, ``task_trainer.py``, ``models/adapter.py``):
+
+* the classification head is personal (``head=personal``: the reference's ``personal_params_names``
+  include the task heads and only ``adapter_1`` = A_S is communicated); it is trained in both steps (one
+  optimizer over every trainable parameter there) and kept in the client-state store with A_C;
+* aggregation is uniform (``aggregation=uniform``: ``get_average_net`` with ``nums = [1, ...]``);
+* adapters are initialised as BERT weights, normal(0, 0.02) with zero biases, both projections
+  (``adapter_init=bert``), so the model does not start exactly as the backbone;
+* a client seen for the first time starts with A_C and the head at their initial values (drawn from
+  ``seed``), the same for every client and process.
+
+Named deviations (options, each with its reason in ``docs/algorithms.md``): ``head=shared`` (the head
+averaged with A_S and frozen in step 3: a global model that needs no client state), ``aggregation=samples``,
+``adapter_sites=attn,mlp``, ``adapter_init=identity`` (up-projection zero: Houlsby et al.'s identity start).
+Where hpcfed differs from the reference in all settings: the adapter sits on the FFN's dense output before the
+residual and LayerNorm (Houlsby placement, :mod:`hpcfed.peft.adapter`) where the reference applies it to
+``LayerNorm(dense + input)`` and re-applies that LayerNorm; the head's AdamW moments are its own (two
+updates per batch, as in the reference) but A_S, A_C and the head are clipped per buffer
+(``fl.local.max_grad_norm``); the learning-rate schedule is hpcfed's per-round one, not the reference's
+per-step linear warm-up and decay.
 
 Choices where the paper is silent (documented in docs/results/feddat.md):
 
-* the classification head is shared (in the flat buffer with A_S, averaged); it is trained in step 2 only and
-  frozen in step 3, so A_C adapts the features to the shared head;
-* a client seen for the first time starts with A_C = the initial adapter (down-projection from ``seed``,
-  up-projection zero: the identity), the same for every client and process;
 * the moments of the local optimizers restart every round (the reference code builds a new optimizer per
   local training);
 * personalised metrics are measured on each client's own held-out split (``fl.local_only_holdout`` of its
@@ -53,6 +71,7 @@ from torch import nn
 
 from hpcfed.config import Config, ConfigError
 from hpcfed.data import ClientData
+from hpcfed.algorithms.kd import mkd_loss
 from hpcfed.algorithms.registry import register
 from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.baselines import split_holdout
@@ -61,19 +80,20 @@ from hpcfed.fl.client import (
     LocalTrainer,
     autocast_ctx,
     batch_to,
-    evaluate,
     length_buckets,
     local_batches,
 )
 from hpcfed.fl.optim import FlatOptimizer
 from hpcfed.fl.state_store import ClientStateStore
 from hpcfed.peft import FlatParams, is_head
-from hpcfed.peft.dual_adapter import DualAdapter, Mode, add_dual_adapters
+from hpcfed.peft.adapter import ADAPTER_SITES
+from hpcfed.peft.dual_adapter import DualAdapter, Mode, add_dual_adapters, init_bert_weights_
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
 
 STATE_KEY = "A_C"
+HEAD_KEY = "head"
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,16 @@ class FedDATParams:
     (costs one pass over the test split per client and mode)."""
     state_cache: int = 64
     """Client states kept decoded in memory per process (LRU)."""
+    head: str = "personal"
+    """'personal' (reference code: each client's own head, trained in both MKD steps, never averaged) or
+    'shared' (deviation: the head is averaged with A_S and frozen in step 3)."""
+    aggregation: str = "uniform"
+    """'uniform' (reference code: every client of the cohort weighs 1) or 'samples' (by training examples)."""
+    adapter_sites: str = "mlp"
+    """Comma-separated sites per block: 'mlp' (reference code: one adapter at the FFN output) or 'attn,mlp'."""
+    adapter_init: str = "bert"
+    """'bert' (reference code: both projections normal(0, 0.02), zero biases) or 'identity' (up-projection
+    zero, so every mode starts as the backbone)."""
 
     def __post_init__(self) -> None:
         if not self.kd_temperature > 0:
@@ -114,37 +144,20 @@ class FedDATParams:
         for k in ("eval_clients", "eval_test_clients", "state_cache"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"fl.algo.{k}={getattr(self, k)}: must be >= 0")
+        for k, choices in (("head", ("personal", "shared")), ("aggregation", ("uniform", "samples")),
+                           ("adapter_init", ("bert", "identity"))):
+            if getattr(self, k) not in choices:
+                raise ConfigError(f"fl.algo.{k}={getattr(self, k)!r} is not valid; choose one of: "
+                                  f"{', '.join(choices)}")
+        sites = self.sites
+        if not sites or len(set(sites)) != len(sites) or not set(sites) <= set(ADAPTER_SITES):
+            raise ConfigError(f"fl.algo.adapter_sites={self.adapter_sites!r}: give 'mlp', 'attn' or 'attn,mlp'")
 
-
-# -- the losses -----------------------------------------------------------------------------------------------
-def kd_kl(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T²·KL(softmax(target/T) ‖ softmax(logits/T)), mean over the batch; gradient flows into ``logits`` only.
-
-    Args:
-        logits: (B, K) float — the side being trained.
-        target_logits: (B, K) float — the reference (detached here).
-        temperature: T > 0.
-
-    Returns:
-        scalar float32.
-    """
-    t = temperature
-    logp = F.log_softmax(logits.float() / t, dim=-1)
-    q = F.softmax(target_logits.detach().float() / t, dim=-1)
-    return F.kl_div(logp, q, reduction="batchmean") * (t * t)
-
-
-def mkd_loss(logits: torch.Tensor, y: torch.Tensor, reference_logits: torch.Tensor | None, temperature: float,
-             kd_weight: float) -> torch.Tensor:
-    """One MKD objective: ½·(CE(logits, y) + λ·KL_T(reference → logits)); plain CE without a reference.
-
-    Args:
-        logits: (B, K); y: int64 (B,); reference_logits: (B, K) or None.
-    """
-    ce = F.cross_entropy(logits.float(), y)
-    if reference_logits is None:
-        return ce
-    return 0.5 * (ce + kd_weight * kd_kl(logits, reference_logits, temperature))
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """``adapter_sites`` as a tuple, in block order (attn before mlp)."""
+        given = {s.strip() for s in self.adapter_sites.split(",") if s.strip()}
+        return tuple(s for s in ADAPTER_SITES if s in given) + tuple(sorted(given - set(ADAPTER_SITES)))
 
 
 @register
@@ -167,15 +180,29 @@ class FedDAT(Algorithm):
         self.sites: list[DualAdapter] = []
         self.client_flat: FlatParams | None = None
         self.global_flat: FlatParams | None = None
+        self.head_flat: FlatParams | None = None  # head=personal: the client's head (else in the flat buffer)
         self.store: ClientStateStore | None = None  # the engine's, handed over in setup
-        self._holdout_seed = 0
+        self.holdout_seed = 0
         self._checkpoint = None
-        self._round = 0
+        self.round_idx = 0
         self._started = False
 
     @property
     def dat(self) -> bool:
         return self.params.variant == "dat"
+
+    @property
+    def personal_head(self) -> bool:
+        return self.params.head == "personal"
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether clients keep state between rounds (A_C with the DAT, the head when it is personal)."""
+        return self.dat or self.personal_head
+
+    def client_weight(self, num_samples: int) -> float:
+        """1 with ``aggregation=uniform`` (reference code), else the engine's ``fl.weighting`` rule."""
+        return 1.0 if self.params.aggregation == "uniform" else super().client_weight(num_samples)
 
     @classmethod
     def check_config(cls, params, cfg: Config) -> None:
@@ -187,10 +214,12 @@ class FedDAT(Algorithm):
 
     # -- construction ----------------------------------------------------------------------------------
     def build(self, cfg: Config, device: torch.device, dataset) -> tuple[nn.Module, FlatParams]:
-        """The classifier with a :class:`DualAdapter` per site; returns (model, flat of A_S + head).
+        """The classifier with a :class:`DualAdapter` per site; returns (model, flat buffer of A_S, + the head
+        with ``head=shared``).
 
         ``self.client_flat`` holds A_C and ``self.global_flat`` Â_S (same layout order as A_S in the flat
-        buffer). Seeded by ``cfg.seed``: every process builds the same initial adapters.
+        buffer), ``self.head_flat`` the head with ``head=personal``. Seeded by ``cfg.seed``: every process
+        builds the same initial adapters and head.
         """
         from hpcfed.models import build_model
 
@@ -199,21 +228,31 @@ class FedDAT(Algorithm):
         model = build_model(cfg.model, num_classes, class_names=dataset.class_names).to(device)
         for p in model.parameters():
             p.requires_grad_(False)
-        self.sites = add_dual_adapters(model, cfg.peft.adapter_reduction_factor, cfg.peft.adapter_variant)
+        self.sites = add_dual_adapters(model, cfg.peft.adapter_reduction_factor, cfg.peft.adapter_variant,
+                                       sites=self.params.sites)
+        if self.params.adapter_init == "bert":
+            for site in self.sites:
+                init_bert_weights_(site)
         names = [n for n, _ in model.named_parameters()]
         shared = [n for n in names if ".shared." in n]
+        heads = [n for n in names if is_head(n)]
         # FlatParams freezes every other parameter, so the buffer built last is the trainable one.
         self.global_flat = FlatParams(model, [n.replace(".shared.", ".global_copy.") for n in shared])
         self.client_flat = FlatParams(model, [n.replace(".shared.", ".client.") for n in shared])
-        flat = FlatParams(model, shared + [n for n in names if is_head(n)])
+        self.head_flat = FlatParams(model, heads) if self.personal_head else None
+        flat = FlatParams(model, shared + ([] if self.personal_head else heads))
         for p in self.global_flat.params + self.client_flat.params:
             p.requires_grad_(False)
+        if self.head_flat is not None:  # trained in both steps, with the A_S of step 2 and the A_C of step 3
+            self.head_init = self.head_flat.data.detach().clone()
+            for p in self.head_flat.params:
+                p.requires_grad_(True)
         by_name = {s.name: s for s in flat.layout}
         self._shared_idx = torch.cat([
             torch.arange(by_name[s.name.replace(".global_copy.", ".shared.")].offset,
                          by_name[s.name.replace(".global_copy.", ".shared.")].end)
             for s in self.global_flat.layout]).to(device)
-        self.client_init = self.client_flat.data.detach().clone()  # A_C of a client never trained (identity)
+        self.client_init = self.client_flat.data.detach().clone()  # A_C of a client never trained
         if not self.dat:
             self.client_flat.data.zero_()
         return model, flat
@@ -222,12 +261,14 @@ class FedDAT(Algorithm):
         if self.client_flat is None:
             raise ConfigError("fl.algorithm=feddat: the model was not built by FedDAT.build")
         self.store = loop.client_state_store("client_state", cache_size=self.params.state_cache)
-        self._holdout_seed, self._checkpoint = loop.cfg.seed, loop.cfg.checkpoint
+        self.holdout_seed, self._checkpoint = loop.cfg.seed, loop.cfg.checkpoint
         c = self.fl.local
         backend = loop.trainer.kernel_backend
         self._opt_s = FlatOptimizer(c, (loop.flat.numel,), loop.device, lr_scale=loop.trainer.lr_scale,
                                     backend=backend)
         self._opt_c = FlatOptimizer(c, (self.client_flat.numel,), loop.device, backend=backend)
+        if self.head_flat is not None:
+            self._opt_h = FlatOptimizer(c, (self.head_flat.numel,), loop.device, backend=backend)
 
     @contextlib.contextmanager
     def mode(self, mode: Mode):
@@ -251,22 +292,37 @@ class FedDAT(Algorithm):
         Raises:
             ValueError: the stored state does not fit this model.
         """
+        return self._stored(cid, before_round, STATE_KEY, self.client_flat, self.client_init)
+
+    def client_head(self, cid: int, before_round: int) -> torch.Tensor:
+        """The personal head of client ``cid`` (flat, ``head_flat`` layout) as of its newest round <
+        ``before_round``; the initial head if none. Raises ValueError as :meth:`client_state`."""
+        return self._stored(cid, before_round, HEAD_KEY, self.head_flat, self.head_init)
+
+    def _stored(self, cid: int, before_round: int, key: str, flat: FlatParams, init: torch.Tensor) -> torch.Tensor:
         st = self.store.get(cid, before_round)
-        if st is None:
-            return self.client_init
-        t = st[STATE_KEY]
-        if t.numel() != self.client_flat.numel:
-            raise ValueError(f"client {cid}: stored A_C has {t.numel()} elements, the model {self.client_flat.numel}")
+        if st is None or key not in st:
+            return init
+        t = st[key]
+        if t.numel() != flat.numel:
+            raise ValueError(f"client {cid}: stored {key} has {t.numel()} elements, the model {flat.numel}")
         return t
+
+    def load_client(self, cid: int, before_round: int) -> None:
+        """Load client ``cid``'s own state (A_C with the DAT, its head when personal) into the model."""
+        if self.dat:
+            self.client_flat.data.copy_(self.client_state(cid, before_round))
+        if self.head_flat is not None:
+            self.head_flat.data.copy_(self.client_head(cid, before_round))
 
     # -- one round -------------------------------------------------------------------------------------
     def on_round_start(self, loop: FederatedLoop, round_idx: int) -> None:
-        self._round = round_idx
+        self.round_idx = round_idx
         if not self._started:
             # First round of this process (fresh or resumed at round_idx - 1): versions of rounds ≥ round_idx
             # belong to a crashed or an earlier run and must not be read; delete them before anyone writes.
             self._started = True
-            if self.dat:  # one process purges the shared store; all meet before anyone reads it
+            if self.keeps_state:  # one process purges the shared store; all meet before anyone reads it
                 loop.comm.on_main(lambda: self.store.purge_from(round_idx), share_result=False)
                 self.store.clear_cache()
 
@@ -274,23 +330,29 @@ class FedDAT(Algorithm):
                      client_id: int) -> LocalResult:
         """Train client ``client_id`` for one round (MKD, two updates per batch; module docstring).
 
-        The client trains on its examples minus its held-out split; A_S + head are left in ``trainer.flat``,
-        A_C is written to the store as version ``(client_id, round)``.
+        The client trains on its examples minus its held-out split; A_S (+ the head with ``head=shared``) is
+        left in ``trainer.flat``; A_C and a personal head are written to the store as version
+        ``(client_id, round)``.
         """
         p, c, dev = self.params, trainer.cfg, trainer.device
         model, flat = trainer.model, trainer.flat
-        train, _ = split_holdout(data, self.fl.local_only_holdout, self._holdout_seed, client_id)
+        train, _ = split_holdout(data, self.fl.local_only_holdout, self.holdout_seed, client_id)
         flat.data.copy_(theta_global)
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # dropout
         batches = local_batches(len(train), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
         lr_s = trainer.lr
         lr_c = lr_s * (p.client_lr / c.lr) if p.client_lr is not None else lr_s
+        lr_h = lr_s * (c.head_lr / c.lr) if c.head_lr is not None else lr_s
+        head = self.head_flat
         self._opt_s.reset()
+        self.load_client(client_id, self.round_idx)
         if self.dat:
             self.load_global_copy(theta_global)
-            self.client_flat.data.copy_(self.client_state(client_id, self._round))
             self._opt_c.reset()
+        if head is not None:
+            self._opt_h.reset()
+        head_steps = 2 if self.dat else 1  # the head is updated in both MKD steps (one AdamW in the reference)
         model.train()
         loss_sum = torch.zeros((), device=dev)
         last = torch.zeros((), device=dev)
@@ -304,8 +366,10 @@ class FedDAT(Algorithm):
             if self.dat:  # 1. DAT logits, no gradient
                 with torch.no_grad(), self.mode(Mode.DAT), autocast_ctx(dev, c.bf16):
                     teacher = [fwd(x, lengths).float() for (x, _, lengths), _ in parts]
-            # 2. A_S (+ head) on CE + KL_T(DAT -> student)
+            # 2. A_S and the head on CE + KL_T(DAT -> student)
             flat.zero_grad()
+            if head is not None:
+                head.zero_grad()
             student = []
             ce_batch = torch.zeros((), device=dev)
             with self.mode(Mode.STUDENT):
@@ -316,8 +380,12 @@ class FedDAT(Algorithm):
                     student.append(logits.detach())
                     ce_batch += F.cross_entropy(logits.detach(), y) * share
             self._opt_s.step(flat.data, flat.grad, step=step, lr=lr_s)
-            if self.dat:  # 3. A_C inside the DAT on CE + KL_T(student -> DAT); A_S, Â_S and the head frozen
+            if head is not None:
+                self._opt_h.step(head.data, head.grad, step=head_steps * (step - 1) + 1, lr=lr_h)
+            if self.dat:  # 3. A_C (+ a personal head) inside the DAT on CE + KL_T(student -> DAT); A_S frozen
                 self.client_flat.zero_grad()
+                if head is not None:
+                    head.zero_grad()
                 for q in flat.params:
                     q.requires_grad_(False)
                 for q in self.client_flat.params:
@@ -334,19 +402,24 @@ class FedDAT(Algorithm):
                     for q in flat.params:
                         q.requires_grad_(True)
                 self._opt_c.step(self.client_flat.data, self.client_flat.grad, step=step, lr=lr_c)
+                if head is not None:
+                    self._opt_h.step(head.data, head.grad, step=2 * step, lr=lr_h)
             last = ce_batch.detach()
             loss_sum += last * len(idx)
             seen += len(idx)
         loss = float(loss_sum)
-        if self.dat and math.isfinite(loss):
-            self.store.put(client_id, self._round, {STATE_KEY: self.client_flat.data})
+        if self.keeps_state and math.isfinite(loss):
+            state = {STATE_KEY: self.client_flat.data} if self.dat else {}
+            if head is not None:
+                state[HEAD_KEY] = head.data
+            self.store.put(client_id, self.round_idx, state)
         return LocalResult(loss, seen, len(batches), float(last))
 
     def after_round(self, loop: FederatedLoop, round_idx: int) -> dict:
         """One process prunes client-state versions no kept checkpoint can need (module docstring of
         :mod:`hpcfed.fl.state_store`); nothing with ``checkpoint.every_rounds=0``."""
         ck = self._checkpoint
-        if self.dat and ck.every_rounds > 0:
+        if self.keeps_state and ck.every_rounds > 0:
             keep_from = round_idx - ck.every_rounds * (ck.keep_last + 1)
             loop.comm.main_only(lambda: self.store.prune(keep_from))  # others never read what it deletes
         return {}
@@ -358,70 +431,15 @@ class FedDAT(Algorithm):
         from hpcfed.fl.sampling import cohort_for_round
 
         seen: set[int] = set()
-        for r in range(1, self._round + 1):
+        for r in range(1, self.round_idx + 1):
             seen.update(cohort_for_round(loop.cfg.seed, r, loop.dataset.num_clients, loop.cfg.fl.cohort_size))
         return sorted(seen)[: self.params.eval_clients]
 
     def evaluate(self, loop: FederatedLoop) -> dict[str, Any]:
-        """Global and personalised metrics (identical in every process).
+        """Global and personalised metrics; see :func:`hpcfed.algorithms.feddat_eval.evaluate_feddat`."""
+        from hpcfed.algorithms.feddat_eval import evaluate_feddat
 
-        * ``test_acc`` / ``test_loss``: the global model (A_S-only = θ_global) on the global test split;
-        * ``{dat,ac,as}_local_acc`` / ``_loss``: DAT, A_C-only and A_S-only (the global model) on each
-          evaluated client's held-out split, mean over clients (``*_local_acc_pooled``: over examples);
-          ``'single'`` reports ``as_*`` only;
-        * with ``eval_test_clients`` > 0: ``dat_test_acc`` / ``ac_test_acc``, mean over those clients of
-          their personalised model on the global test split.
-        """
-        out = dict(loop.evaluate_test())
-        cids = self.eval_clients(loop)
-        if not cids:
-            return out
-        modes = [Mode.DAT, Mode.CLIENT, Mode.STUDENT] if self.dat else [Mode.STUDENT]
-        k_test = min(self.params.eval_test_clients, len(cids)) if self.dat else 0
-        bs, bf16 = loop.cfg.eval.batch_size, loop.cfg.fl.local.bf16
-        comm, dev = loop.comm, loop.device
-        loop.flat.data.copy_(loop.theta_global)
-        self.load_global_copy(loop.theta_global)
-        local = torch.zeros(len(cids), len(modes), 3, dtype=torch.float64, device=dev)  # [loss, correct, n]
-        test = torch.zeros(max(k_test, 1), 2, 3, dtype=torch.float64, device=dev)
-        saved_client = self.client_flat.data.clone()
-        try:
-            my_share = set(comm.share(range(len(cids))))  # this process evaluates these clients
-            for i, cid in enumerate(cids):
-                mine = i in my_share
-                if self.dat and (mine or i < k_test):
-                    self.client_flat.data.copy_(self.client_state(cid, self._round + 1))
-                if mine:
-                    _, hold = split_holdout(loop.clients.get(cid), self.fl.local_only_holdout, self._holdout_seed,
-                                            cid)
-                    if len(hold):
-                        for j, m in enumerate(modes):
-                            with self.mode(m):
-                                local[i, j] = evaluate(loop.model, hold, dev, batch_size=bs, bf16=bf16)
-                if i < k_test and loop.test_data is not None:  # the test split is split over processes
-                    for j, m in enumerate((Mode.DAT, Mode.CLIENT)):
-                        with self.mode(m):
-                            test[i, j] = evaluate(loop.model, loop.test_data, dev, batch_size=bs, bf16=bf16,
-                                                  shard=comm.shard)
-        finally:
-            self.client_flat.data.copy_(saved_client)
-        comm.all_reduce_sum(local, tag="eval")
-        if k_test:
-            comm.all_reduce_sum(test, tag="eval")
-        names = {Mode.DAT: "dat", Mode.CLIENT: "ac", Mode.STUDENT: "as"}
-        has = local[:, 0, 2] > 0
-        for j, m in enumerate(modes):
-            s = local[has, j]
-            if not len(s):
-                continue
-            out[f"{names[m]}_local_acc"] = float((s[:, 1] / s[:, 2]).mean())
-            out[f"{names[m]}_local_loss"] = float((s[:, 0] / s[:, 2]).mean())
-            out[f"{names[m]}_local_acc_pooled"] = float(s[:, 1].sum() / s[:, 2].sum())
-        out["eval_clients"] = int(has.sum())
-        for j, m in enumerate((Mode.DAT, Mode.CLIENT)[: 2 if k_test else 0]):
-            s = test[:k_test, j]
-            out[f"{names[m]}_test_acc"] = float((s[:, 1] / s[:, 2].clamp_min(1)).mean())
-        return out
+        return evaluate_feddat(self, loop)
 
     # -- checkpoint state ------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -63,6 +63,17 @@ class DualAdapter(nn.Module):
     add_to_residual = Adapter.add_to_residual
 
 
+def init_bert_weights_(module: nn.Module, std: float = 0.02) -> None:
+    """In place: every ``nn.Linear`` of ``module`` gets weight ~ normal(0, ``std``) and bias 0 (BERT's init; FedDAT's
+    reference code ``src/modeling/models/adapter.py:init_bert_weights``, applied to both projections), drawn
+    from the global RNG in module order."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def add_dual_adapters(model: nn.Module, reduction_factor: int, variant: str, *,
                       sites: Sequence[str] = ADAPTER_SITES) -> list[DualAdapter]:
     """Insert a :class:`DualAdapter` at ``sites`` of every block of ``model.backbone`` (the placement of

@@ -8,11 +8,15 @@ import torch
 
 from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import LocalComm
-from hpcfed.algorithms.feddat import FedDATParams, kd_kl, mkd_loss
+from hpcfed.algorithms.feddat import FedDATParams
+from hpcfed.algorithms.kd import kd_kl, mkd_loss
 from hpcfed.peft.dual_adapter import DualAdapter, Mode
 from hpcfed.compose import build_loop, load_run_config
 
 ALGO = ["fl.algorithm=feddat", "peft.method=adapter", "peft.adapter_reduction_factor=8"]
+# hpcfed's former choices (each a named deviation from the reference code now): shared head, two sites, identity
+SHARED = ["fl.algo.head=shared", "fl.algo.adapter_sites=attn,mlp", "fl.algo.adapter_init=identity",
+          "fl.algo.aggregation=samples"]
 
 
 class _Rt:
@@ -90,7 +94,7 @@ def test_params_defaults_and_errors(toy_text):
 
 # -- model, aggregation, store ------------------------------------------------------------------------------
 def test_flat_buffer_holds_shared_adapters_and_head_only(toy_text):
-    loop = _loop(toy_text, "ft_layout")
+    loop = _loop(toy_text, "ft_layout", *SHARED)
     algo = loop.algorithm
     names = loop.flat.names
     assert names[-2:] == ["head.weight", "head.bias"]
@@ -114,7 +118,7 @@ def test_round_averages_shared_adapters_and_keeps_client_adapters_local(toy_text
     """After a round: θ_global = Σ w_c θ_c / Σ w_c over the clients' (A_S, head) — hand-summed here — while
     every client's A_C went to the store (version = the round), differs from its initial value, and never
     entered the aggregate; Â_S stayed the round's global A_S."""
-    loop = _loop(toy_text, "ft_agg")
+    loop = _loop(toy_text, "ft_agg", *SHARED)
     algo = loop.algorithm
     theta0 = loop.theta_global.clone()
     sent, weights, ac = {}, {}, {}
@@ -147,16 +151,22 @@ def test_round_averages_shared_adapters_and_keeps_client_adapters_local(toy_text
 
 
 def test_single_variant_is_fedavg_with_one_adapter(toy_text):
-    """variant=single: no store, the federated buffer trained on the task loss alone."""
+    """variant=single: the federated buffer trained on the task loss alone; the store holds only the
+    personal heads (as the reference's adapter baseline, whose task heads are personal), nothing with a
+    shared head."""
     loop = _loop(toy_text, "ft_single", "fl.algo.variant=single", "fl.rounds=1")
     loop.run()
-    assert loop.algorithm.store.clients() == []
+    store = loop.algorithm.store
+    assert store.clients() and all(set(store.get(c, 9)) == {"head"} for c in store.clients())
     m = loop.state.history[-1]
     assert "as_local_acc" in m and "dat_local_acc" not in m and "test_acc" in m
+    shared = _loop(toy_text, "ft_single_shared", "fl.algo.variant=single", "fl.rounds=1", *SHARED)
+    shared.run()
+    assert shared.algorithm.store.clients() == []
 
 
 def test_evaluation_reports_three_models(toy_text):
-    loop = _loop(toy_text, "ft_eval", "fl.rounds=1", "fl.algo.eval_test_clients=2")
+    loop = _loop(toy_text, "ft_eval", "fl.rounds=1", "fl.algo.eval_test_clients=2", *SHARED)
     loop.run()
     m = loop.state.history[-1]
     for k in ("test_acc", "dat_local_acc", "ac_local_acc", "as_local_acc", "dat_test_acc", "ac_test_acc"):
@@ -201,3 +211,84 @@ def test_resume_is_exact_with_client_store(toy_text):
         assert sa.versions(cid) == sc.versions(cid)
         assert torch.equal(sa.get(cid, 99)["A_C"], sc.get(cid, 99)["A_C"])
     assert a.state.history[-1]["dat_local_acc"] == c.state.history[-1]["dat_local_acc"]
+
+
+# -- the reference code's defaults (HaokunChen245/FedDAT) ---------------------------------------------------
+def test_reference_defaults_layout_and_init(toy_text):
+    """Defaults: one adapter per block at the FFN output, both projections normal(0, 0.02) with zero biases,
+    the head outside the federated buffer (personal), uniform aggregation weights."""
+    p = FedDATParams()
+    assert (p.head, p.aggregation, p.adapter_sites, p.adapter_init) == ("personal", "uniform", "mlp", "bert")
+    loop = _loop(toy_text, "ft_ref")
+    algo = loop.algorithm
+    names = loop.flat.names
+    assert all(".shared." in n and ".adapter_mlp." in n for n in names) and len(names) == 2 * 4  # 2 blocks
+    assert algo.head_flat.names == ["head.weight", "head.bias"]
+    assert algo.client_weight(10) == algo.client_weight(1000) == 1.0
+    ups = [w for n, w in loop.model.named_parameters() if n.endswith("up.weight")]
+    downs = [w for n, w in loop.model.named_parameters() if n.endswith("down.weight")]
+    biases = [w for n, w in loop.model.named_parameters() if ".adapter_" in n and n.endswith("bias")]
+    w = torch.cat([t.detach().flatten() for t in ups + downs])
+    assert len(ups) == 2 * 3 and abs(float(w.std()) - 0.02) < 0.004 and abs(float(w.mean())) < 0.004
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
+    with pytest.raises(ConfigError, match="adapter_sites"):
+        load_run_config(toy_text + ALGO + ["fl.algo.adapter_sites=ffn"])
+    with pytest.raises(ConfigError, match="head"):
+        load_run_config(toy_text + ALGO + ["fl.algo.head=global"])
+
+
+def test_personal_head_trained_in_both_steps_never_averaged(toy_text):
+    """The head is each client's own: it moves in step 2 and in step 3 (two AdamW updates per batch), it is
+    stored with A_C, it is not in what the server averages (θ_global is the uniform mean of the A_S sent)."""
+    loop = _loop(toy_text, "ft_head", "fl.local.steps=1")
+    algo = loop.algorithm
+    sent, heads = {}, {}
+    orig_step = algo._opt_h.step
+    calls = []
+    algo._opt_h.step = lambda *a, **k: (calls.append(k["step"]), orig_step(*a, **k))[1]
+    orig = algo.local_update
+
+    def spy(trainer, theta, data, seed, cid):
+        res = orig(trainer, theta, data, seed, cid)
+        sent[cid] = trainer.flat.data.clone()
+        heads[cid] = algo.head_flat.data.clone()
+        return res
+
+    algo.local_update = spy
+    cohort = loop.my_clients(1)
+    loop.run_round(1)
+    assert calls == [1, 2] * len(cohort)  # one local step: the head is updated in step 2 and in step 3
+    want = sum(sent[c] for c in cohort) / len(cohort)  # uniform
+    assert torch.allclose(loop.theta_global, want, atol=1e-6)
+    for c in cohort:
+        assert torch.equal(algo.store.get(c, 2)["head"], heads[c])
+        assert not torch.equal(heads[c], algo.head_init)
+    assert not torch.equal(heads[cohort[0]], heads[cohort[1]])
+    assert torch.equal(algo.client_head(cohort[0], 2), heads[cohort[0]])
+    assert torch.equal(algo.client_head(cohort[0], 1), algo.head_init)
+
+
+def test_personal_evaluation_uses_each_clients_own_head(toy_text):
+    """as_local_acc = mean over evaluated clients of A_S + that client's head on its held-out split;
+    test_acc = mean over the first eval_test_clients of A_S + own head on the global test split."""
+    from hpcfed.fl.baselines import split_holdout
+    from hpcfed.fl.client import evaluate
+
+    loop = _loop(toy_text, "ft_peval", "fl.rounds=1", "fl.algo.eval_test_clients=2")
+    loop.run()
+    m = loop.state.history[-1]
+    algo = loop.algorithm
+    local, test = [], []
+    for i, c in enumerate(algo.eval_clients(loop)):
+        loop.flat.data.copy_(loop.theta_global)
+        algo.load_client(c, algo.round_idx + 1)
+        _, hold = split_holdout(loop.clients.get(c), loop.cfg.fl.local_only_holdout, loop.cfg.seed, c)
+        with algo.mode(Mode.STUDENT):
+            s = evaluate(loop.model, hold, loop.device)
+            local.append(float(s[1] / s[2]))
+            if i < 2:
+                t = evaluate(loop.model, loop.test_data, loop.device)
+                test.append(float(t[1] / t[2]))
+    assert m["as_local_acc"] == pytest.approx(sum(local) / len(local), abs=1e-12)
+    assert m["test_acc"] == pytest.approx(sum(test) / len(test), abs=1e-12)
+    assert {"dat_local_acc", "ac_local_acc", "dat_test_acc", "ac_test_acc"} <= set(m)
