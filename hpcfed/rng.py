@@ -47,6 +47,8 @@ class DataStream(enum.IntEnum):
     """[data.seed, TRAIN_SUBSAMPLE]: ``data.max_train_samples`` of the train split."""
     TEST_SUBSAMPLE = 2
     """[data.seed, TEST_SUBSAMPLE]: ``data.max_test_samples`` of the test split."""
+    RESERVED = 3
+    """[data.seed, RESERVED]: ``data.reserve_train_samples`` rows of the train source no client receives."""
 
 
 class MethodStream(enum.IntEnum):

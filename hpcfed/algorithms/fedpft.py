@@ -9,9 +9,13 @@ IJCAI 2024 (arXiv:2404.11536); authors' code github.com/pzp-dzd/FedPFT.
    LayerNorms, embeddings and the other layers are copied (:func:`hpcfed.models.submodel.build_submodel`).
 2. Stage 1, layer-level distillation before FL (Sec. 4.2): the sub-model's compressed layers are distilled
    from the full model on public, unlabelled text; loss per compressed layer
-   mean((h_t − h_s)²)/mean(h_t²) + α·mean((W2ᵗW1ᵗ − W2ˢW1ˢ)²)/mean((W2ᵗW1ᵗ)²), averaged over layers.
-3. Rounds: clients train LoRA (``peft.method=lora`` on query/value, + the head) on the sub-model; the server
-   averages the flat LoRA buffer (the loop's one all-reduce); the attention is unchanged, so the averaged LoRA
+   mean((h_t − h_s)²)/mean(h_t²) + α·mean((W2ᵗW1ᵗ − W2ˢW1ˢ)²)/mean((W2ᵗW1ᵗ)²), averaged over layers; as in the
+   authors' code the weight term is computed from ``.weight.data`` and gives no gradient
+   (``weight_term=detached``; ``trained`` is the deviation that backpropagates it).
+3. Rounds: clients train LoRA (``peft.method=lora``; ``configs/algo/fedpft.yaml`` targets query, key, value and
+   the attention output, as the authors' code, + the head) on the sub-model; the server averages the flat LoRA
+   buffer uniformly over the cohort (authors' ``--aggregate uniform``; ``aggregation=samples`` weighs by
+   examples) with the loop's one all-reduce; the attention is unchanged, so the averaged LoRA
    plugs into the full model, which is what :meth:`FedPFT.evaluate` reports (``test_acc``; the sub-model's
    accuracy is ``sub_test_acc``).
 4. Stage 2, neuron-level alignment every ``align_every`` rounds (Sec. 4.2): during the local training of
@@ -23,10 +27,10 @@ IJCAI 2024 (arXiv:2404.11536); authors' code github.com/pzp-dzd/FedPFT.
 Choices where the paper (or this code base) leaves a detail open — all recorded here:
 
 * **Public data**: ``public_samples`` sentences drawn (seeded by ``public_seed``) from ``public_source``,
-  by default ``data.source`` (SST-2 train.tsv) without labels, tokenized like the client shards
-  (``data.tokenizer`` or ``model.path``, ``data.max_length``). The client partition uses all of train.tsv, so
-  these sentences OVERLAP the clients' data (the labels are never read). The test split is never used.
-  The paper distils on BookCorpus + Wikipedia, which are not available offline here.
+  by default the ``data.reserve_train_samples`` rows of ``data.source`` that the data pipeline withholds from
+  every client (:func:`hpcfed.data.reserved_rows`), without labels, tokenized like the client shards
+  (``data.tokenizer`` or ``model.path``, ``data.max_length``): disjoint from every client's data. The test
+  split is never used. The paper distils on BookCorpus + Wikipedia, which are not available offline here.
 * **Zero activation** (MiniLM/BERT use GELU, which is exactly zero almost nowhere): a neuron is "zero" on a
   token when its GELU output is ≤ 0, i.e. its pre-activation is ≤ 0 (GELU's negative half). Only real tokens
   count (padding excluded). The authors' code tests ``== 0`` and counts padding. Counts are collected only
@@ -34,11 +38,14 @@ Choices where the paper (or this code base) leaves a detail open — all recorde
 * **Which neurons are frozen**: ``freeze='active'`` (default) freezes the share with the LOWEST APoZ (the
   neurons the clients' data activate most) and re-distils the rest — this is what the authors' code does
   (``align_retained_ratio``: ``sort(APoZ)[:int(F·r)]`` are kept out of training). ``freeze='inactive'``
-  freezes the least active share instead. Frozen neurons stay bitwise unchanged; b2 is re-distilled, the
-  LayerNorm is fixed in stage 2 (as the authors' code).
-* **Distillation optimiser**: AdamW, no weight decay, lr decaying linearly to 0, batch ``distill_batch_size``,
-  fp32, eval mode (no dropout). Stage 1: ``distill_steps`` steps at ``distill_lr``; stage 2: ``align_steps``
-  at ``align_lr``. The paper's budget (one epoch of BookCorpus+Wikipedia) does not fit a 2-core CPU.
+  freezes the least active share instead. Frozen neurons stay bitwise unchanged; b2 and the FFN LayerNorm
+  are re-distilled (authors' code; ``align_layernorm=false`` keeps the LayerNorm fixed).
+* **Distillation optimiser**: AdamW, no weight decay, batch ``distill_batch_size``, fp32, eval mode (no
+  dropout). Stage 1: ``distill_steps`` steps at ``distill_lr`` decaying linearly to 0; stage 2: ``align_steps``
+  at ``align_lr`` (6e-4, the authors' text code) with a linear warm-up over ``align_warmup`` of the steps, then
+  linear decay. The paper's budget (one epoch of BookCorpus+Wikipedia) does not fit a 2-core CPU.
+* **A sub-model arm without any distillation**: ``distill_steps=0 align_every=0`` (the paper's central claim is
+  that alignment matters; it runs beside the other arms in a study).
 * **No alignment in the last round** (the full model, which is what is evaluated, does not depend on it).
 * **Determinism across processes**: one process distils (``comm.on_main``; stage 1 in :meth:`setup`, stage 2
   in :meth:`after_round`) and its distilled tensors reach the others by ``comm.broadcast`` (tag ``submodel``).
@@ -59,7 +66,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-import numpy as np
 import torch
 
 from hpcfed.config import Config, ConfigError
@@ -68,7 +74,6 @@ from hpcfed.algorithms import fedpft_submodel as sm
 from hpcfed.algorithms.registry import register
 from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.client import LocalResult, LocalTrainer
-from hpcfed.rng import MethodStream, generator
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.fl.loop import FederatedLoop
@@ -86,7 +91,8 @@ class FedPFTParams:
     compressed_layers: str = "inner"
     """'inner' (all but the first and last layer: the paper's default), 'all', or indices '1,2,3'."""
     public_source: Optional[str] = None
-    """CSV/TSV with a ``data.text_column`` column of public text; null: ``data.source`` (see module notes)."""
+    """CSV/TSV with a ``data.text_column`` column of public text; null: the ``data.reserve_train_samples``
+    rows of ``data.source`` that no client receives (see module notes)."""
     public_samples: int = 2000
     """Public sentences drawn for distillation (ours)."""
     public_seed: int = 0
@@ -103,8 +109,18 @@ class FedPFTParams:
     """t: neuron-level alignment after every t-th round (authors' code ``--align_interval`` 10); 0: never."""
     align_steps: int = 20
     """Stage-2 distillation steps per alignment (ours; authors: 1% of an epoch of their corpus)."""
-    align_lr: float = 1e-3
-    """Stage-2 learning rate (authors' code: 1e-3)."""
+    align_lr: float = 6e-4
+    """Stage-2 learning rate (authors' text code: 6e-4, with warm-up)."""
+    align_warmup: float = 0.1
+    """Share of the stage-2 steps with a linear learning-rate warm-up, then linear decay to 0 (the authors use
+    a warm-up; this share is ours)."""
+    align_layernorm: bool = True
+    """Stage 2 also trains the FFN LayerNorm of each compressed layer (authors' code); false keeps it fixed."""
+    weight_term: str = "detached"
+    """Stage-1 FFN weight-product term: 'detached' (authors' code reads ``.weight.data``: the term is reported
+    but gives no gradient) or 'trained' (deviation: it backpropagates into W1, W2)."""
+    aggregation: str = "uniform"
+    """'uniform' (authors' code ``--aggregate uniform``) or 'samples' (weighted by training examples)."""
     freeze_ratio: float = 0.5
     """Share of each compressed layer's neurons frozen at alignment (authors' ``--align_retained_ratio`` 0.5)."""
     freeze: str = "active"
@@ -120,6 +136,12 @@ class FedPFTParams:
             bad("freeze_ratio", "must be in [0, 1]")
         if self.freeze not in ("active", "inactive"):
             bad("freeze", "must be 'active' or 'inactive'")
+        if self.weight_term not in ("detached", "trained"):
+            bad("weight_term", "must be 'detached' or 'trained'")
+        if self.aggregation not in ("uniform", "samples"):
+            bad("aggregation", "must be 'uniform' or 'samples'")
+        if not 0.0 <= self.align_warmup < 1.0:
+            bad("align_warmup", "must be in [0, 1)")
         for k in ("public_samples", "distill_batch_size"):
             if getattr(self, k) < 1:
                 bad(k, "must be >= 1")
@@ -136,107 +158,6 @@ class FedPFTParams:
                 [int(s) for s in self.compressed_layers.split(",") if s.strip()]
             except ValueError:
                 bad("compressed_layers", "expected 'inner', 'all' or comma-separated layer indices")
-
-
-def load_public_text(cfg: Config, params: FedPFTParams) -> ClientData:
-    """The public, unlabelled distillation set: ``public_samples`` rows of ``public_source`` (default
-    ``data.source``) drawn without replacement by ``public_seed``, tokenized like the client shards.
-
-    Returns:
-        ClientData with x int32 (n, data.max_length) right-padded, lengths int32 (n,), y zeros (unused).
-
-    Raises:
-        ConfigError: no tokenizer configured.
-        DataError: unreadable source (from :func:`hpcfed.data.sources.read_text_table`).
-    """
-    from transformers import AutoTokenizer
-
-    from hpcfed.data.sources import read_text_table
-
-    src = params.public_source or cfg.data.source
-    table = read_text_table(src, cfg.data.text_column, cfg.data.label_column)
-    n = min(params.public_samples, len(table.texts))
-    idx = np.sort(generator(params.public_seed, MethodStream.FEDPFT_PUBLIC).permutation(len(table.texts))[:n])
-    name = cfg.data.tokenizer or cfg.model.path
-    if not name:
-        raise ConfigError("fl.algo (fedpft): public data needs a tokenizer; set data.tokenizer or model.path")
-    tok = AutoTokenizer.from_pretrained(name)
-    tok.padding_side = "right"
-    enc = tok([table.texts[i] for i in idx], truncation=True, max_length=cfg.data.max_length,
-              padding="max_length", return_attention_mask=True, return_token_type_ids=False, return_tensors="np")
-    x = torch.from_numpy(np.ascontiguousarray(enc["input_ids"], dtype=np.int32))  # (n, L)
-    lengths = torch.from_numpy(enc["attention_mask"].sum(axis=1).astype(np.int32))  # (n,)
-    return ClientData(x=x, y=torch.zeros(n, dtype=torch.long), lengths=lengths)
-
-
-class _ApozCounter:
-    """Forward hooks counting, per neuron of each compressed FFN, activations ≤ 0 over real tokens.
-
-    ``counts`` float64 (n_layers, k); ``tokens`` float64 scalar. Counting is on only while ``active``.
-    """
-
-    def __init__(self, backbone: torch.nn.Module, layers: list[int]):
-        enc = sm.encoder_layers(backbone)
-        self.layers = layers
-        k = enc[layers[0]].intermediate.dense.out_features if layers else 0
-        self.counts = torch.zeros(len(layers), k, dtype=torch.float64)
-        self.tokens = torch.zeros((), dtype=torch.float64)
-        self.active = False
-        self._mask: Optional[torch.Tensor] = None
-        self._handles = [self._encoder_model(backbone).register_forward_pre_hook(self._pre, with_kwargs=True)]
-        for j, i in enumerate(layers):
-            self._handles.append(enc[i].intermediate.register_forward_hook(self._hook(j)))
-
-    @staticmethod
-    def _encoder_model(backbone):
-        # the module whose forward takes attention_mask: the HF model inside a peft wrapper, or the backbone
-        get = getattr(backbone, "get_base_model", None)
-        return get() if callable(get) else backbone
-
-    def _pre(self, module, args, kwargs):
-        if self.active:
-            self._mask = self.real_tokens(kwargs.get("attention_mask"),
-                                          kwargs.get("input_ids", args[0] if args else None))
-        return None
-
-    @staticmethod
-    def real_tokens(attention_mask: Optional[torch.Tensor], input_ids: Optional[torch.Tensor]):
-        """(B, L) bool of the positions holding real tokens, or None (all real).
-
-        ``attention_mask`` is the usual (B, L) padding mask, or the (R, 1, T, T) block-diagonal mask of a packed
-        batch (:mod:`hpcfed.models.packing`), where a padding position attends to itself alone and holds token
-        id 0. A real position attends to its whole sequence (≥ 2 tokens for tokenizer output: [CLS] … [SEP])
-        or holds a non-zero id, so it is told apart without the packing plan.
-        """
-        if attention_mask is None or attention_mask.dim() == 2:
-            return attention_mask
-        allowed = attention_mask[:, 0].bool()  # (R, T, T)
-        real = allowed.sum(-1) > 1  # (R, T)
-        return real if input_ids is None else real | (input_ids != 0)
-
-    def _hook(self, j: int):
-        def hook(module, inputs, output):
-            if not self.active:
-                return
-            a = output.detach()  # (B, L, k)
-            m = self._mask
-            if m is None:
-                m = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
-            m = m[:, : a.shape[1]].bool()  # (B, L)
-            zero = (a <= 0) & m.unsqueeze(-1)  # (B, L, k)
-            self.counts[j] += zero.sum(dim=(0, 1)).to("cpu", torch.float64)
-            if j == 0:
-                self.tokens += float(m.sum())
-
-        return hook
-
-    def reset(self) -> None:
-        self.counts.zero_()
-        self.tokens.zero_()
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
 
 
 @register
@@ -263,6 +184,14 @@ class FedPFT(Algorithm):
             raise ConfigError(f"peft.method={cfg.peft.method!r}: fedpft trains LoRA on the sub-model; set peft.method=lora")
         if cfg.fl.mode != "federated":
             raise ConfigError(f"fl.mode={cfg.fl.mode!r}: fedpft runs only in federated mode")
+        uses_public = params.distill_steps > 0 or params.align_every > 0
+        if uses_public and params.public_source is None and cfg.data.reserve_train_samples == 0:
+            raise ConfigError("fl.algo.public_source=null: fedpft distils on rows of data.source no client holds; "
+                              "set data.reserve_train_samples (e.g. 2000) or fl.algo.public_source=FILE")
+
+    def client_weight(self, num_samples: int) -> float:
+        """1 with ``aggregation=uniform`` (authors' code), else the engine's ``fl.weighting`` rule."""
+        return 1.0 if self.p.aggregation == "uniform" else super().client_weight(num_samples)
 
     def __init__(self, params: FedPFTParams, fl):
         super().__init__(params, fl)
@@ -273,7 +202,7 @@ class FedPFT(Algorithm):
         self.layers: list[int] = []
         self.kept: dict[int, torch.Tensor] = {}
         self._public: Optional[ClientData] = None
-        self._apoz: Optional[_ApozCounter] = None
+        self._apoz: Optional[sm.ApozCounter] = None
         self._train_s = 0.0
         self._train_steps = 0
         self._info: dict = {}
@@ -321,7 +250,7 @@ class FedPFT(Algorithm):
         """Stage 1 (layer-level distillation) on one process, its result shared exactly with every process; hooks for
         APoZ counting on the sub-model."""
         if self.layers and self.p.align_every > 0:
-            self._apoz = _ApozCounter(loop.model.backbone, self.layers)
+            self._apoz = sm.ApozCounter(loop.model.backbone, self.layers)
         if self.p.distill_steps > 0 and self.layers:
             t0 = time.perf_counter()
             rep = self._distill_shared(loop, frozen=None, steps=self.p.distill_steps, lr=self.p.distill_lr,
@@ -334,10 +263,11 @@ class FedPFT(Algorithm):
 
     def _public_data(self, loop) -> ClientData:
         if self._public is None:
-            self._public = load_public_text(loop.cfg, self.p)
+            self._public = sm.load_public_text(loop.cfg, self.p)
         return self._public
 
-    def _distill_shared(self, loop, *, frozen, steps: int, lr: float, seed: int, weight_alpha: float):
+    def _distill_shared(self, loop, *, frozen, steps: int, lr: float, seed: int, weight_alpha: float,
+                        warmup: float = 0.0, train_layernorm: bool = True):
         """Distil on the main process (``comm.on_main``), then broadcast its distilled tensors to the others
         (tag ``submodel``): every process holds bitwise the same sub-model."""
         student = loop.model.backbone
@@ -348,7 +278,8 @@ class FedPFT(Algorithm):
             loop.flat.data.copy_(loop.theta_global)
             return sm.distill(self.full_model.backbone, student, self.layers, self._public_data(loop), steps=steps,
                               batch_size=self.p.distill_batch_size, lr=lr, seed=seed, device=loop.device,
-                              weight_alpha=weight_alpha, frozen=frozen)
+                              weight_alpha=weight_alpha, frozen=frozen, warmup=warmup,
+                              train_layernorm=train_layernorm, weight_term_grad=self.p.weight_term == "trained")
 
         rep = loop.comm.on_main(distil, share_result=False)
         buf = loop.comm.broadcast(sm.pack_params(params), tag="submodel")
@@ -394,7 +325,8 @@ class FedPFT(Algorithm):
         rates = sm.apoz(counts, tokens)  # (n_layers, k)
         frozen = {i: sm.freeze_mask(rates[j], self.p.freeze_ratio, self.p.freeze) for j, i in enumerate(self.layers)}
         rep = self._distill_shared(loop, frozen=frozen, steps=self.p.align_steps, lr=self.p.align_lr,
-                                   seed=self.p.public_seed + round_idx, weight_alpha=0.0)
+                                   seed=self.p.public_seed + round_idx, weight_alpha=0.0,
+                                   warmup=self.p.align_warmup, train_layernorm=self.p.align_layernorm)
         c.reset()
         loop.flat.data.copy_(loop.theta_global)
         n_trained = sum(int((~f).sum()) for f in frozen.values())

@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from hpcfed.data import ClientData
+from hpcfed.config import ConfigError
+from hpcfed.data import ClientData, reserved_rows
 from hpcfed.fl.client import batch_to, local_batches
 from hpcfed.models.submodel import (
     build_submodel, compress_ffn_, default_compressed_layers, encoder_layers, neuron_saliency, num_kept,
     top_k_neurons,
 )
+from hpcfed.rng import MethodStream, generator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpcfed.config import Config
 
 __all__ = [  # the surgery is re-exported: the method reaches everything as sm.*
     "build_submodel",
@@ -47,6 +53,8 @@ __all__ = [  # the surgery is re-exported: the method reaches everything as sm.*
     "DistillReport",
     "distill",
     "distill_eval",
+    "load_public_text",
+    "ApozCounter",
 ]
 
 
@@ -169,17 +177,24 @@ def _hidden_states(backbone: nn.Module, x: torch.Tensor, lengths: torch.Tensor):
 
 def distill(teacher: nn.Module, student: nn.Module, layers: Sequence[int], data: ClientData, *, steps: int,
             batch_size: int, lr: float, seed: int, device: torch.device, weight_alpha: float = 0.0,
-            frozen: Optional[dict[int, torch.Tensor]] = None) -> DistillReport:
+            frozen: Optional[dict[int, torch.Tensor]] = None, warmup: float = 0.0,
+            train_layernorm: bool = True, weight_term_grad: bool = False) -> DistillReport:
     """Distil the compressed layers of ``student`` from ``teacher`` on unlabelled ``data`` (in place).
 
     Loss (FedPFT Sec. 4.2): mean over compressed layers i of :func:`layer_distill_loss` of layer i's outputs
     (+ ``weight_alpha`` · :func:`weight_distill_loss` of its FFN). AdamW (no weight decay), learning rate
-    decaying linearly from ``lr`` to 0 over ``steps``, both models in eval mode (no dropout), fp32.
+    rising linearly over the first ``warmup`` share of the steps, then decaying linearly to 0; both models in
+    eval mode (no dropout), fp32.
+
+    The weight term: with ``weight_term_grad`` False (the authors' code, ``DistillBertModel.forward``, computes
+    it from ``.weight.data``) it is added to the reported loss as a constant and trains nothing; True lets it
+    backpropagate into W1 and W2 (a deviation).
 
     Layer level (``frozen`` None, Sec. 4.2.1): FFN weights, biases and the FFN LayerNorm of each compressed
     layer are trained. Neuron level (``frozen`` given, Sec. 4.2.2): only the non-frozen neurons of each
-    compressed layer (W1 rows, b1 entries, W2 columns) and b2 are trained; frozen neurons are restored
-    after every step, so they stay bitwise unchanged; the LayerNorm is fixed (as in the authors' code).
+    compressed layer (W1 rows, b1 entries, W2 columns), b2 and (``train_layernorm``, as the authors' code)
+    the FFN LayerNorm are trained; frozen neurons are restored after every step, so they stay bitwise
+    unchanged. ``train_layernorm`` False keeps the LayerNorm fixed (a deviation).
 
     Args:
         teacher, student: backbones (BERT-like, bare or ``peft``-wrapped; the same attention/LoRA structure).
@@ -190,7 +205,7 @@ def distill(teacher: nn.Module, student: nn.Module, layers: Sequence[int], data:
     Returns:
         :class:`DistillReport`. Every other parameter's ``requires_grad`` is restored on return.
     """
-    params = distilled_params(student, layers, with_layernorm=frozen is None)
+    params = distilled_params(student, layers, with_layernorm=train_layernorm)
     flags = {id(p): p.requires_grad for p in student.parameters()}
     for p in student.parameters():
         p.requires_grad_(False)
@@ -203,7 +218,9 @@ def distill(teacher: nn.Module, student: nn.Module, layers: Sequence[int], data:
             saved[i] = (fz.to(device), enc.intermediate.dense.weight.detach().clone(),
                         enc.intermediate.dense.bias.detach().clone(), enc.output.dense.weight.detach().clone())
     opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(steps, 1)))
+    n_warm = int(round(warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / n_warm if s < n_warm else max(0.0, 1.0 - (s - n_warm) / max(steps - n_warm, 1)))
     was_training = (teacher.training, student.training)
     teacher.eval()
     student.eval()
@@ -224,9 +241,11 @@ def distill(teacher: nn.Module, student: nn.Module, layers: Sequence[int], data:
             for i in layers:
                 li = layer_distill_loss(h_t[i + 1], h_s[i + 1], attn)
                 if weight_alpha > 0:
-                    li = li + weight_alpha * weight_distill_loss(
-                        t_enc[i].intermediate.dense.weight, t_enc[i].output.dense.weight,
-                        s_enc[i].intermediate.dense.weight, s_enc[i].output.dense.weight, prod_t[i])
+                    with torch.set_grad_enabled(weight_term_grad):  # detached: reported, trains nothing
+                        wi = weight_distill_loss(
+                            t_enc[i].intermediate.dense.weight, t_enc[i].output.dense.weight,
+                            s_enc[i].intermediate.dense.weight, s_enc[i].output.dense.weight, prod_t[i])
+                    li = li + weight_alpha * wi
                 loss = loss + li
             loss = loss / max(len(layers), 1)
             opt.zero_grad(set_to_none=True)
@@ -272,3 +291,106 @@ def distill_eval(teacher: nn.Module, student: nn.Module, layers: Sequence[int], 
     teacher.train(was[0])
     student.train(was[1])
     return tot / max(n, 1)
+
+
+# ------------------------------------------------------------------------------------------ data and APoZ
+def load_public_text(cfg: "Config", params) -> ClientData:
+    """The public, unlabelled distillation set: ``public_samples`` rows of ``public_source`` (default
+    ``data.source``) drawn without replacement by ``public_seed``, tokenized like the client shards.
+
+    Returns:
+        ClientData with x int32 (n, data.max_length) right-padded, lengths int32 (n,), y zeros (unused).
+
+    Raises:
+        ConfigError: no tokenizer configured.
+        DataError: unreadable source (from :func:`hpcfed.data.sources.read_text_table`).
+    """
+    from transformers import AutoTokenizer
+
+    from hpcfed.data.sources import read_text_table
+
+    src = params.public_source or cfg.data.source
+    table = read_text_table(src, cfg.data.text_column, cfg.data.label_column)
+    rows = np.arange(len(table.texts)) if params.public_source else reserved_rows(len(table.texts), cfg.data)
+    n = min(params.public_samples, len(rows))
+    idx = np.sort(rows[generator(params.public_seed, MethodStream.FEDPFT_PUBLIC).permutation(len(rows))[:n]])
+    name = cfg.data.tokenizer or cfg.model.path
+    if not name:
+        raise ConfigError("fl.algo (fedpft): public data needs a tokenizer; set data.tokenizer or model.path")
+    tok = AutoTokenizer.from_pretrained(name)
+    tok.padding_side = "right"
+    enc = tok([table.texts[i] for i in idx], truncation=True, max_length=cfg.data.max_length,
+              padding="max_length", return_attention_mask=True, return_token_type_ids=False, return_tensors="np")
+    x = torch.from_numpy(np.ascontiguousarray(enc["input_ids"], dtype=np.int32))  # (n, L)
+    lengths = torch.from_numpy(enc["attention_mask"].sum(axis=1).astype(np.int32))  # (n,)
+    return ClientData(x=x, y=torch.zeros(n, dtype=torch.long), lengths=lengths)
+
+
+class ApozCounter:
+    """Forward hooks counting, per neuron of each compressed FFN, activations ≤ 0 over real tokens.
+
+    ``counts`` float64 (n_layers, k); ``tokens`` float64 scalar. Counting is on only while ``active``.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, layers: list[int]):
+        enc = encoder_layers(backbone)
+        self.layers = layers
+        k = enc[layers[0]].intermediate.dense.out_features if layers else 0
+        self.counts = torch.zeros(len(layers), k, dtype=torch.float64)
+        self.tokens = torch.zeros((), dtype=torch.float64)
+        self.active = False
+        self._mask: Optional[torch.Tensor] = None
+        self._handles = [self._encoder_model(backbone).register_forward_pre_hook(self._pre, with_kwargs=True)]
+        for j, i in enumerate(layers):
+            self._handles.append(enc[i].intermediate.register_forward_hook(self._hook(j)))
+
+    @staticmethod
+    def _encoder_model(backbone):
+        # the module whose forward takes attention_mask: the HF model inside a peft wrapper, or the backbone
+        get = getattr(backbone, "get_base_model", None)
+        return get() if callable(get) else backbone
+
+    def _pre(self, module, args, kwargs):
+        if self.active:
+            self._mask = self.real_tokens(kwargs.get("attention_mask"),
+                                          kwargs.get("input_ids", args[0] if args else None))
+        return None
+
+    @staticmethod
+    def real_tokens(attention_mask: Optional[torch.Tensor], input_ids: Optional[torch.Tensor]):
+        """(B, L) bool of the positions holding real tokens, or None (all real).
+
+        ``attention_mask`` is the usual (B, L) padding mask, or the (R, 1, T, T) block-diagonal mask of a packed
+        batch (:mod:`hpcfed.models.packing`), where a padding position attends to itself alone and holds token
+        id 0. A real position attends to its whole sequence (≥ 2 tokens for tokenizer output: [CLS] … [SEP])
+        or holds a non-zero id, so it is told apart without the packing plan.
+        """
+        if attention_mask is None or attention_mask.dim() == 2:
+            return attention_mask
+        allowed = attention_mask[:, 0].bool()  # (R, T, T)
+        real = allowed.sum(-1) > 1  # (R, T)
+        return real if input_ids is None else real | (input_ids != 0)
+
+    def _hook(self, j: int):
+        def hook(module, inputs, output):
+            if not self.active:
+                return
+            a = output.detach()  # (B, L, k)
+            m = self._mask
+            if m is None:
+                m = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
+            m = m[:, : a.shape[1]].bool()  # (B, L)
+            zero = (a <= 0) & m.unsqueeze(-1)  # (B, L, k)
+            self.counts[j] += zero.sum(dim=(0, 1)).to("cpu", torch.float64)
+            if j == 0:
+                self.tokens += float(m.sum())
+
+        return hook
+
+    def reset(self) -> None:
+        self.counts.zero_()
+        self.tokens.zero_()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()

@@ -49,6 +49,10 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     """Keep only the first N training examples (after a seeded shuffle); null keeps all."""
     max_test_samples: Optional[int] = None
+    reserve_train_samples: int = 0
+    """Rows of the train source withheld from every client (the first N of a seeded permutation, chosen before
+    ``max_train_samples``): public data no client holds, e.g. FedPFT's distillation set
+    (:func:`hpcfed.data.reserved_rows`)."""
     seed: int = 0
     """Partition seed (independent of the training seed)."""
     shard_dir: Optional[str] = None
@@ -65,6 +69,7 @@ class DataConfig:
         check_positive("data.shots_per_class", self.shots_per_class)
         check_positive("data.max_train_samples", self.max_train_samples)
         check_positive("data.max_test_samples", self.max_test_samples)
+        check_positive("data.reserve_train_samples", self.reserve_train_samples, allow_zero=True)
         if self.num_shards > self.num_clients:
             raise ConfigError(
                 f"data.num_shards={self.num_shards} must be <= data.num_clients={self.num_clients}"
@@ -74,6 +79,8 @@ class DataConfig:
         """The fields that determine the shards' content (everything except where they are stored)."""
         d = dataclasses.asdict(self)
         d.pop("shard_dir")
+        if not d["reserve_train_samples"]:  # absent = 0: shards prepared before the key existed stay current
+            d.pop("reserve_train_samples")
         return d
 
     def resolved_shard_dir(self) -> Path:

@@ -11,11 +11,12 @@ This package knows nothing of ranks: it is told which clients to open.
 
 from hpcfed.data import partition  # the module: partition.iid / dirichlet / pathological / fewshot / partition
 from hpcfed.data.errors import DataError
-from hpcfed.data.pipeline import ensure_prepared, summarize
+from hpcfed.data.pipeline import ensure_prepared, reserved_rows, summarize
 from hpcfed.data.pipeline import prepare as prepare_shards
 from hpcfed.data.shards import SCHEMA_VERSION, ClientData, ShardedDataset
 
 __all__ = [
     "SCHEMA_VERSION", "DataError", "ClientData", "ShardedDataset", "prepare_shards", "ensure_prepared", "summarize",
+    "reserved_rows",
     "partition",
 ]

@@ -42,6 +42,22 @@ def _subsample(n: int, max_n: Optional[int], seed: int, stream: int) -> np.ndarr
     return np.sort(generator(seed, stream).permutation(n)[:max_n]).astype(np.int64)
 
 
+def reserved_rows(num_rows: int, cfg: DataConfig) -> np.ndarray:
+    """The rows of the train source withheld from every client (``data.reserve_train_samples``): the first N
+    of the [data.seed, RESERVED] permutation, sorted; int64 (N,), empty when the key is 0.
+
+    Raises:
+        DataError: N leaves fewer rows than clients.
+    """
+    n = cfg.reserve_train_samples
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if num_rows - n < cfg.num_clients:
+        raise DataError(f"{cfg.source}: data.reserve_train_samples={n} leaves {num_rows - n} of {num_rows} rows "
+                        f"for {cfg.num_clients} clients")
+    return np.sort(generator(cfg.seed, DataStream.RESERVED).permutation(num_rows)[:n]).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------------- prepare
 
 
@@ -80,7 +96,9 @@ def prepare(cfg: DataConfig, tokenizer: Optional[str] = None, *, force: bool = F
 
 def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool) -> Path:
     num_classes = len(src.class_names)
-    keep = _subsample(len(src.labels["train"]), cfg.max_train_samples, cfg.seed, DataStream.TRAIN_SUBSAMPLE)
+    n_rows = len(src.labels["train"])
+    pool = np.setdiff1d(np.arange(n_rows, dtype=np.int64), reserved_rows(n_rows, cfg))  # sorted; all if none
+    keep = pool[_subsample(len(pool), cfg.max_train_samples, cfg.seed, DataStream.TRAIN_SUBSAMPLE)]
     labels = src.labels["train"][keep]
     try:
         parts = partition(cfg.partition, labels, cfg.num_clients, cfg.seed, num_classes=num_classes,

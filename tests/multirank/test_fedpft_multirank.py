@@ -16,7 +16,7 @@ pytestmark = pytest.mark.mpi
 WORKER = str(REPO / "tests" / "multirank" / "_fedpft_worker.py")
 # 3 layers so that the inner one is compressed; rounds=3 with align_every=1: alignments after rounds 1 and 2
 FEDPFT = ["peft.method=lora", "fl.algorithm=fedpft", "model.num_layers=3", "fl.rounds=3",
-          "fl.algo.public_samples=64", "fl.algo.distill_steps=4", "fl.algo.distill_batch_size=16",
+          "fl.algo.public_samples=64", "fl.algo.public_source=${data.source}", "fl.algo.distill_steps=4", "fl.algo.distill_batch_size=16",
           "fl.algo.align_every=1", "fl.algo.align_steps=3", "fl.algo.keep_ratio=0.25"]
 
 

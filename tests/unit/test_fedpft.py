@@ -128,7 +128,7 @@ def test_apoz_and_freeze_mask_hand_computed():
 
 
 def test_apoz_counter_counts_nonpositive_activations_on_real_tokens():
-    from hpcfed.algorithms.fedpft import _ApozCounter
+    from hpcfed.algorithms.fedpft_submodel import ApozCounter
 
     model = _tiny_classifier(num_layers=3)
     lay = sm.encoder_layers(model.backbone)[1]
@@ -139,7 +139,7 @@ def test_apoz_counter_counts_nonpositive_activations_on_real_tokens():
     from hpcfed.peft import apply_peft
 
     apply_peft(model, load_config(["peft.method=lora"]).peft)  # as in the loop: a peft-wrapped backbone
-    c = _ApozCounter(model.backbone, [1])
+    c = ApozCounter(model.backbone, [1])
     data = _toy_batch()
     model(data.x, data.lengths)  # inactive: nothing counted
     assert c.tokens.item() == 0 and c.counts.sum().item() == 0
@@ -193,7 +193,57 @@ def test_distill_stage1_lowers_loss_and_stage2_keeps_frozen_neurons():
     assert torch.equal(lay.output.dense.weight[:, frozen], w2[:, frozen])
     assert not torch.equal(lay.intermediate.dense.weight[~frozen], w1[~frozen])
     assert not torch.equal(lay.output.dense.weight[:, ~frozen], w2[:, ~frozen])
-    assert torch.equal(lay.output.LayerNorm.weight, ln)  # fixed in stage 2
+    assert not torch.equal(lay.output.LayerNorm.weight, ln)  # stage 2 trains it too (authors' code)
+    ln = lay.output.LayerNorm.weight.detach().clone()
+    sm.distill(full.backbone, sub.backbone, [1], data, steps=3, batch_size=8, lr=1e-2, seed=2, device=dev,
+               frozen={1: frozen}, train_layernorm=False)
+    assert torch.equal(lay.output.LayerNorm.weight, ln)  # the deviation keeps it fixed
+
+
+def test_weight_term_is_detached_by_default():
+    """The authors compute the FFN weight-product term from ``.weight.data``: it is in the reported loss but
+    moves nothing. With hidden-state loss and weight term, detached: the same steps as hidden-state loss
+    alone; 'trained' (the deviation) differs."""
+    full = _tiny_classifier(num_layers=3, seed=1)
+    data = _toy_batch(n=16, seed=3)
+    dev = torch.device("cpu")
+    out = {}
+    for key, alpha, grad in (("none", 0.0, False), ("detached", 5.0, False), ("trained", 5.0, True)):
+        sub, _ = sm.build_submodel(full, 0.5, [1])
+        rep = sm.distill(full.backbone, sub.backbone, [1], data, steps=4, batch_size=8, lr=3e-3, seed=0,
+                         device=dev, weight_alpha=alpha, weight_term_grad=grad)
+        out[key] = (sm.encoder_layers(sub.backbone)[1].intermediate.dense.weight.detach().clone(), rep)
+    assert torch.equal(out["none"][0], out["detached"][0])
+    assert not torch.equal(out["none"][0], out["trained"][0])
+    assert out["detached"][1].loss_first > out["none"][1].loss_first  # the constant term is reported
+
+
+def test_stage2_warmup_schedule(monkeypatch):
+    """align_warmup: lr rises linearly over the first share of the steps, then decays linearly to 0."""
+    lrs = []
+    real = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    full = _tiny_classifier(num_layers=3, seed=1)
+    sub, _ = sm.build_submodel(full, 0.5, [1])
+    sm.distill(full.backbone, sub.backbone, [1], _toy_batch(n=16, seed=3), steps=10, batch_size=8, lr=1.0,
+               seed=0, device=torch.device("cpu"), warmup=0.2)
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_reference_defaults():
+    p = FedPFTParams()
+    assert (p.weight_term, p.align_layernorm, p.align_lr, p.aggregation) == ("detached", True, 6e-4, "uniform")
+    from hpcfed.config import load_config as lc
+
+    cfg = lc(["config=configs/algo/fedpft.yaml"])
+    assert cfg.peft.lora_target_modules == ["query", "key", "value", "attention.output.dense"]
+    assert cfg.data.reserve_train_samples > 0 and cfg.fl.algo["public_source"] is None
+    assert FedPFT(p, cfg.fl).client_weight(7) == FedPFT(p, cfg.fl).client_weight(700) == 1.0
 
 
 def test_pack_unpack_roundtrip():
@@ -220,7 +270,9 @@ def test_params_validation(toy_text):
 
 
 # ------------------------------------------------------------------------------------- in the loop
+# the toy tests distil on the clients' own training file (the overlapping deviation, named explicitly)
 FEDPFT = ["peft.method=lora", "fl.algorithm=fedpft", "model.num_layers=3", "fl.algo.public_samples=64",
+          "fl.algo.public_source=${data.source}",
           "fl.algo.distill_steps=4", "fl.algo.align_steps=3", "fl.algo.distill_batch_size=16"]
 
 
@@ -233,7 +285,7 @@ def _loop(words):
 def test_keep_all_no_distill_is_bitwise_fedavg(toy_text):
     """keep_ratio=1, no distillation, no alignment: the same global model as FedAvg, full-model accuracy."""
     base = toy_text + ["peft.method=lora", "fl.rounds=2"]
-    a = _loop(base)
+    a = _loop(base + ["fl.weighting=uniform"])  # FedPFT averages uniformly (authors' code)
     b = _loop(base + ["fl.algorithm=fedpft", "fl.algo.keep_ratio=1.0", "fl.algo.distill_steps=0",
                       "fl.algo.align_every=0"])
     assert torch.equal(a.theta_global, b.theta_global)
@@ -244,8 +296,8 @@ def test_keep_all_no_distill_is_bitwise_fedavg(toy_text):
     assert "client_step_ms" in hb[-1] and "sub_test_acc" not in hb[-1]
 
 
-def test_aggregation_is_weighted_mean_of_client_lora_and_evaluates_full_model(toy_text):
-    """One round by hand: θ = Σ n_c θ_c / Σ n_c over the cohort (θ_c from local_update on the sub-model);
+def test_aggregation_is_uniform_mean_of_client_lora_and_evaluates_full_model(toy_text):
+    """One round by hand: θ = Σ θ_c / |cohort| (uniform, authors' code; θ_c from local_update on the sub-model);
     the evaluated model is the FULL model carrying θ."""
     loop = _loop(toy_text + FEDPFT + ["fl.rounds=1", "fl.algo.align_every=0"])
     alg: FedPFT = loop.algorithm
@@ -259,8 +311,8 @@ def test_aggregation_is_weighted_mean_of_client_lora_and_evaluates_full_model(to
         alg.on_round_start(loop, 1)
         loop.trainer.set_round(1, 1)
         alg.local_update(loop.trainer, theta0, data, client_seed(loop.cfg.seed, 1, cid), cid)
-        num += len(data) * loop.flat.data.double()
-        den += len(data)
+        num += loop.flat.data.double()
+        den += 1.0
     loop.flat.data.copy_(theta0)
     loop.run_round(1)
     torch.testing.assert_close(loop.theta_global.double(), num / den, rtol=0, atol=1e-6)
