@@ -27,9 +27,15 @@ from hpcfed.models.packing import pack_sequences
 
 
 # First position id of a packed sequence per transformers model_type (None: pad_token_id + 1, RoBERTa style).
+# MPNet: 2, since its embeddings fix padding_idx at 1 whatever config.pad_token_id says; its relative position
+# bias comes from slot distances in a row, which inside one packed sequence equal the distances in the sequence
+# alone, and the block-diagonal mask removes the cross-sequence pairs.
 _PACK_POSITION_OFFSET: dict[str, Optional[int]] = {
-    "bert": 0, "electra": 0, "roberta": None, "xlm-roberta": None, "camembert": None,
+    "bert": 0, "electra": 0, "roberta": None, "xlm-roberta": None, "camembert": None, "mpnet": 2,
 }
+# Backbones whose attention adds the mask to the scores as given (a bool mask would add 1/0, not block) and
+# that take no token_type_ids: the packed mask goes in as 0 / dtype-min.
+_PACK_ADDITIVE_MASK = frozenset({"mpnet"})
 
 
 class TextClassifier(nn.Module):
@@ -55,8 +61,9 @@ class TextClassifier(nn.Module):
     def packing_unsupported(self) -> Optional[str]:
         """Why :meth:`features` cannot pack sequences (``pack=True``) for this backbone, or None if it can.
 
-        Packing needs absolute position ids that the caller may set (BERT, ELECTRA: 0, 1, ...; RoBERTa family:
-        padding_idx + 1, ...) and no soft prompts (peft prompt learning prepends virtual tokens to every row).
+        Packing needs absolute position ids that the caller may set (BERT, ELECTRA: 0, 1, ...; RoBERTa family
+        and MPNet: padding_idx + 1, ...; MPNet's relative bias depends only on distances inside a sequence) and
+        no soft prompts (peft prompt learning prepends virtual tokens to every row).
         """
         conf = getattr(self.backbone, "config", None)
         mtype = getattr(conf, "model_type", None)
@@ -74,8 +81,14 @@ class TextClassifier(nn.Module):
         if offset is None:  # RoBERTa family: positions start after the padding index
             offset = conf.pad_token_id + 1
         pb = pack_sequences(x, lengths.to(x.device), position_offset=offset)
-        h = self.backbone(input_ids=pb.input_ids, attention_mask=pb.attention_mask(),
-                          position_ids=pb.position_ids, token_type_ids=torch.zeros_like(pb.input_ids)
+        mask = pb.attention_mask()
+        if conf.model_type in _PACK_ADDITIVE_MASK:
+            dtype = self.backbone.get_input_embeddings().weight.dtype  # what the padded path's mask gets
+            mask = (~mask).to(dtype) * torch.finfo(dtype).min
+            extra = {}
+        else:
+            extra = {"token_type_ids": torch.zeros_like(pb.input_ids)}
+        h = self.backbone(input_ids=pb.input_ids, attention_mask=mask, position_ids=pb.position_ids, **extra
                           ).last_hidden_state  # (R, T, D)
         return pb.pool_first(h) if self.pooling == "cls" else pb.pool_mean(h)
 
