@@ -15,9 +15,8 @@ port derived from the job id are used. ``MASTER_ADDR``/``MASTER_PORT`` in the en
 
 from __future__ import annotations
 
-import gc
-
 import datetime
+import gc
 import os
 import re
 import socket
@@ -27,6 +26,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from hpcfed.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,36 @@ def _rendezvous(info: LaunchInfo) -> tuple[str, int]:
     return "127.0.0.1", _free_port()
 
 
+DEVICES = ("auto", "cpu", "cuda")
+"""The values of ``dist.device``."""
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """The one place a ``dist.device`` value becomes a :class:`torch.device`.
+
+    Args:
+        requested: ``'auto'`` (CUDA when a device is visible, else CPU), ``'cpu'`` or ``'cuda'``.
+        local_rank: this process's rank on its node; CUDA picks ``cuda:{local_rank % device_count}``.
+
+    Returns:
+        ``cpu`` or ``cuda:{i}``.
+
+    Raises:
+        ConfigError: ``'cuda'`` without a visible CUDA device, or a value outside :data:`DEVICES` (one line,
+            naming the key).
+    """
+    if requested not in DEVICES:
+        raise ConfigError(f"dist.device={requested!r} is not valid; valid: {', '.join(DEVICES)}")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if requested == "cuda":
+            raise ConfigError("dist.device=cuda but no CUDA device is visible (torch.cuda.is_available() is "
+                              "False); use dist.device=cpu or auto")
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
 @dataclass
 class Runtime:
     """The process's place in the job: rank, world, device, and whether a process group is up."""
@@ -161,17 +192,14 @@ def init_runtime(*, device: str = "auto", backend: str = "auto", timeout_s: floa
         num_threads: CPU threads for this rank; None divides the node's cores among its local ranks.
 
     Raises:
-        RuntimeError: 'cuda' requested without a CUDA device, or 'nccl' on CPU.
+        ConfigError: 'cuda' requested without a CUDA device (:func:`resolve_device`).
+        RuntimeError: 'nccl' on CPU.
     """
     info = detect_launch()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("dist.device=cuda but no CUDA device is visible")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        dev = torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    dev = resolve_device(device, info.local_rank)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     else:
-        dev = torch.device("cpu")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if num_threads is None:
             num_threads = max(1, (os.cpu_count() or 1) // max(1, info.local_world_size))

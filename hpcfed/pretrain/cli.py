@@ -85,16 +85,10 @@ def model_words(m: ModelConfig) -> list[str]:
     return words
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("dist.device=cuda but no CUDA device is visible")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def main(argv: Optional[Sequence[str]] = None, log=print) -> int:
-    """Command-line entry; returns the exit status (0 ok, 2 bad input)."""
+    """Command-line entry; returns the exit status (0 ok, 2 bad input: one ``error:`` line, e.g.
+    ``dist.device=cuda`` without a CUDA device)."""
+    from hpcfed.dist import resolve_device
     from hpcfed.models import ModelError, build_model
     from hpcfed.pretrain.fractal import FractalDataset, save_grid
 
@@ -108,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> int:
         cfg = load_config(words, base=base_config())
         if cfg.model.family != "timm_vit":
             raise UsageError(f"model.family={cfg.model.family!r}: fractal pre-training needs model.family=timm_vit")
-        device = _device(cfg.dist.device)
+        device = resolve_device(cfg.dist.device)
         if cfg.dist.num_threads:
             torch.set_num_threads(cfg.dist.num_threads)
         out = args.out or Path(cfg.out_dir) / "pretrain" / f"fractal_{args.objective}_{cfg.model.arch}.safetensors"
