@@ -5,12 +5,21 @@ Usage::
     python -m hpcfed.evaluate run_dir=runs/NAME [export=DIR | weights=FILE] [key=value ...]
 
 Reads ``<run_dir>/config.yaml`` (``key=value`` words override it, e.g. ``dist.device=cpu`` or
-``eval.batch_size=64``), rebuilds the model with the same seed (so a random-init backbone is the run's own),
-applies the PEFT method, loads the trained parameters — from ``export=DIR`` (a folder written by
-:func:`hpcfed.export.export_peft`), ``weights=FILE`` (a :func:`hpcfed.export.save_peft` file), or by default
-``<run_dir>/final/peft.safetensors`` — and evaluates on the test split of the prepared shards
-(``cfg.data.resolved_shard_dir()``). Prints one JSON line: ``accuracy``, ``loss`` (mean cross-entropy),
-``num_examples``, ``source``. Bad input prints ``error: ...`` and exits with 2.
+``eval.batch_size=64``), rebuilds the model through the run's method (``fl.algorithm``: its own ``build``,
+with the same seed, so a random-init backbone is the run's own; :func:`hpcfed.restore.restore_run`), loads
+the trained parameters — from ``export=DIR`` (a folder written by :func:`hpcfed.export.export_peft`),
+``weights=FILE`` (a :func:`hpcfed.export.save_peft` file), or by default ``<run_dir>/final/peft.safetensors`` —
+and runs the method's own evaluation on the prepared shards (``cfg.data.resolved_shard_dir()``), in one
+process. Prints one JSON line: ``accuracy``, ``loss`` (the method's ``test_acc`` / ``test_loss``, as in the
+run's last ``metrics.jsonl`` row), ``num_examples``, ``source``, ``method``, ``algorithm`` and ``metrics`` (all
+the method reported). Bad input prints ``error: ...`` and exits with 2.
+
+Per method: ``fedavg`` / ``fedprox`` / ``feddat`` (the global model, A_S; FedDAT's personalised metrics need
+the clients' adapters and are not reported) and ``fedyolo`` (mean over its tasks, ``*_task{t}`` each) give the
+run's numbers; ``fedpft`` evaluates the full model with the global LoRA (the run's ``test_acc``), but its
+``setup`` first re-runs stage-1 distillation on the public text (skip with ``fl.algo.distill_steps=0``; the
+``sub_*`` metrics are of that re-distilled sub-model, not the run's); ``fedsimsiam`` reports its SimSiam loss
+(``accuracy`` and ``loss`` are null).
 """
 
 from __future__ import annotations
@@ -18,12 +27,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
-from hpcfed.compose import load_run_config
 from hpcfed.config import ConfigError
 
 _OWN_KEYS = ("run_dir", "export", "weights")
@@ -49,56 +54,30 @@ def _parse(argv: Sequence[str]) -> tuple[dict, list[str]]:
     return own, rest
 
 
-def _device(cfg) -> torch.device:
-    if cfg.dist.device == "cpu" or not torch.cuda.is_available():
-        if cfg.dist.device == "cuda":
-            raise ConfigError("dist.device=cuda but no CUDA device is available")
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 def evaluate_run(argv: Sequence[str]) -> dict:
     """Run the evaluation described by ``argv`` (see the module docstring); returns the printed metrics.
 
+    The model is rebuilt by :func:`hpcfed.restore.restore_run` (the method's own ``build``) and evaluated by
+    the method's own ``evaluate`` (:meth:`hpcfed.restore.RestoredRun.evaluate`).
+
+    Returns:
+        ``accuracy`` / ``loss`` (the method's ``test_acc`` / ``test_loss``; None when it reports none, e.g.
+        ``fedsimsiam``), ``num_examples`` (the global test split), ``source``, ``method`` (``peft.method``),
+        ``algorithm`` (``fl.algorithm``) and ``metrics`` (everything the method's evaluation reported).
+
     Raises:
         ConfigError, DataError, ModelError, LayoutError: missing run folder / weights, shards not prepared,
-            weights that do not fit the model.
+            weights that do not fit the model, ``dist.device=cuda`` without CUDA.
     """
-    from hpcfed.data import ShardedDataset
-    from hpcfed.export import load_export, load_peft
-    from hpcfed.fl.client import evaluate
-    from hpcfed.models import build_model
-    from hpcfed.peft import LayoutError, apply_peft
+    from hpcfed.restore import restore_run
 
     own, overrides = _parse(argv)
-    run_dir = Path(own["run_dir"])
-    if not run_dir.is_dir():
-        raise ConfigError(f"run_dir={run_dir}: no such folder")
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"run_dir={run_dir}: no config.yaml (not a run folder)")
-    cfg = load_run_config([f"config={run_dir / 'config.yaml'}", *overrides])
-    if "export" in own:
-        source = Path(own["export"])
-    else:
-        source = Path(own.get("weights") or run_dir / "final" / "peft.safetensors")
-        if not source.is_file():
-            raise LayoutError(f"{source}: no such file (did the run finish? give export=DIR or weights=FILE)")
-    device = _device(cfg)
-    if cfg.dist.num_threads:
-        torch.set_num_threads(cfg.dist.num_threads)
-    with ShardedDataset(cfg.data.resolved_shard_dir(), expect_name=cfg.data.name) as dataset:
-        test = dataset.load_test()
-        num_classes = cfg.model.num_classes or dataset.num_classes
-        torch.manual_seed(cfg.seed)  # as hpcfed.main: the same head / LoRA / adapter init
-        model = build_model(cfg.model, num_classes, class_names=dataset.class_names).to(device)
-        flat = apply_peft(model, cfg.peft)
-        theta = load_export(model, flat, source) if "export" in own else load_peft(source, flat)
-        with torch.no_grad():
-            flat.data.copy_(theta.to(flat.data.device))
-        sums = evaluate(model, test, device, batch_size=cfg.eval.batch_size, bf16=cfg.fl.local.bf16).cpu()
-    n = int(sums[2])
-    return {"accuracy": float(sums[1]) / max(n, 1), "loss": float(sums[0]) / max(n, 1), "num_examples": n,
-            "source": str(source), "method": cfg.peft.method}
+    with restore_run(own["run_dir"], overrides, weights=own.get("weights"), export=own.get("export")) as run:
+        metrics = run.evaluate()
+        n = len(run.evaluation_loop().test_data)
+    return {"accuracy": metrics.get("test_acc"), "loss": metrics.get("test_loss"), "num_examples": n,
+            "source": str(run.source), "method": run.cfg.peft.method, "algorithm": run.cfg.fl.algorithm,
+            "metrics": metrics}
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:

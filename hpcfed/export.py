@@ -151,7 +151,7 @@ def export_peft(model: nn.Module, flat: FlatParams, theta: Optional[torch.Tensor
     if wrapped:
         with _flat_values(flat, theta):
             model.backbone.save_pretrained(str(tmp))
-        files += [p.name for p in tmp.iterdir() if p.is_file()]
+        files += [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]  # + a folder per extra adapter
     save_file(tensors, str(tmp / STATE_FILE), metadata={"peft_method": str(peft_cfg.method)})
     meta = {
         "version": EXPORT_VERSION, "method": peft_cfg.method, "family": family, "peft_library": wrapped,
@@ -215,26 +215,39 @@ def load_export(model: nn.Module, flat: FlatParams, export_dir: Path) -> torch.T
 
 
 def _load_peft_part(model: nn.Module, flat: FlatParams, export_dir: Path, segs: list, out: torch.Tensor) -> None:
-    """Load peft's adapter file into the peft segments of ``out`` (through the model, then restored)."""
+    """Load peft's adapter files into the peft segments of ``out`` (through the model, then restored).
+
+    Every adapter of the backbone is read: ``default`` from ``export_dir``, any other (e.g. FedYolo's per-task
+    LoRA) from the sub-folder of its name, where peft's ``save_pretrained`` writes it.
+
+    Raises:
+        LayoutError: an adapter's file is missing, or its tensors do not fit the model (names the folder).
+    """
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
-    if not any((export_dir / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise LayoutError(f"export {export_dir}: no adapter_model.safetensors (peft save_pretrained output)")
-    loaded = load_peft_weights(str(export_dir), device="cpu")
-    expected = get_peft_model_state_dict(model.backbone)
-    for k in sorted(set(loaded) | set(expected)):
-        if k not in expected:
-            raise LayoutError(f"{export_dir}: peft tensor {k!r} is not in this model (another method or targets?)")
-        if k not in loaded:
-            raise LayoutError(f"{export_dir}: peft tensor {k!r} missing")
-        if loaded[k].shape != expected[k].shape:
-            raise LayoutError(f"{export_dir}: peft tensor {k!r} has shape {tuple(loaded[k].shape)}, the model has "
-                              f"{tuple(expected[k].shape)}")
+    names = list(getattr(model.backbone, "peft_config", None) or ["default"])
+    adapters = []
+    for name in names:
+        folder = export_dir if name == "default" else export_dir / name
+        if not any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise LayoutError(f"export {folder}: no adapter_model.safetensors (peft save_pretrained output)")
+        loaded = load_peft_weights(str(folder), device="cpu")
+        expected = get_peft_model_state_dict(model.backbone, adapter_name=name)
+        for k in sorted(set(loaded) | set(expected)):
+            if k not in expected:
+                raise LayoutError(f"{folder}: peft tensor {k!r} is not in this model (another method or targets?)")
+            if k not in loaded:
+                raise LayoutError(f"{folder}: peft tensor {k!r} missing")
+            if loaded[k].shape != expected[k].shape:
+                raise LayoutError(f"{folder}: peft tensor {k!r} has shape {tuple(loaded[k].shape)}, the model has "
+                                  f"{tuple(expected[k].shape)}")
+        adapters.append((name, loaded))
     saved = flat.data.detach().clone()
     try:
         with torch.no_grad():
-            set_peft_model_state_dict(model.backbone, loaded)  # copies into the parameters = views of flat.data
+            for name, loaded in adapters:  # copies into the parameters = views of flat.data
+                set_peft_model_state_dict(model.backbone, loaded, adapter_name=name)
             for s in segs:
                 out[s.offset:s.end] = flat.data[s.offset:s.end]
     finally:

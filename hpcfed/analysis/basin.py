@@ -15,10 +15,11 @@ Command line (two FL runs with the same model and PEFT method, e.g. different se
     python -m hpcfed.analysis.basin run_a=runs/a run_b=runs/b [k=11] [plot=basin.png] [out=basin.json]
         [max_test=N] [dotted.key=value ...]
 
-It rebuilds the model from ``run_a/config.yaml`` (dotted words override that config, e.g.
-``data.shard_dir=...`` or ``dist.device=cpu``), loads both runs' ``final/peft.safetensors`` into the PEFT flat
-buffer, evaluates on the prepared global test split, and prints one JSON object: ``ts``, ``losses``,
-``accuracies``, ``barrier`` (loss), ``error_barrier`` (1 − accuracy), and the two runs.
+It rebuilds the model from ``run_a/config.yaml`` through the run's method (its own ``build``; dotted words
+override that config, e.g. ``data.shard_dir=...`` or ``dist.device=cpu``), loads both runs'
+``final/peft.safetensors`` into the flat buffer, evaluates each point with the method's own evaluation on the
+prepared test split (:mod:`hpcfed.restore`), and prints one JSON object: ``ts``, ``losses``, ``accuracies``,
+``barrier`` (loss), ``error_barrier`` (1 − accuracy), and the two runs.
 """
 
 from __future__ import annotations
@@ -172,28 +173,33 @@ def _load_run_config(run: Path, overrides: Sequence[str] = ()):
     return load_config([f"config={path}", *overrides])
 
 
-def _device(name: str) -> torch.device:
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def compare_runs(run_a: Path, run_b: Path, *, k: int = 11, overrides: Sequence[str] = (),
                  max_test: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> dict:
     """Loss and accuracy on run_a's test split along the segment between two runs' final PEFT parameters.
+
+    run_a is rebuilt by :func:`hpcfed.restore.restore_run` (its method's own ``build``; ``dist.device`` as
+    :func:`hpcfed.dist.resolve_device`), and each point is evaluated by the method's own evaluation
+    (:meth:`hpcfed.restore.RestoredRun.evaluate`: ``test_loss`` / ``test_acc``).
+
+    Args:
+        run_a, run_b: run folders (``config.yaml``, ``final/peft.safetensors``).
+        k: points on the segment (>= 2).
+        overrides: ``key=value`` words applied to both runs' configs.
+        max_test: evaluate on the first ``max_test`` examples of the global test split only (methods that
+            evaluate on splits of their own, e.g. FedYolo's tasks, use those in full).
+        log: called with one line per point.
 
     Returns:
         dict with ``run_a``, ``run_b``, ``k``, ``test_examples``, ``ts``, ``losses``, ``accuracies``,
         ``barrier`` (loss), ``error_barrier`` (on 1 − accuracy), ``distance`` (‖θ_b − θ_a‖₂).
 
     Raises:
-        BasinError, ConfigError, DataError, LayoutError, ModelError: with the file or key named.
+        BasinError: runs that cannot be compared, a missing weights file, or a method whose evaluation reports
+            no test loss and accuracy.
+        ConfigError, DataError, LayoutError, ModelError: with the file or key named (e.g. ``dist.device=cuda``
+            without CUDA).
     """
-    from hpcfed.data import ShardedDataset
-    from hpcfed.export import load_peft
-    from hpcfed.fl.client import evaluate
-    from hpcfed.models import build_model
-    from hpcfed.peft import apply_peft
+    from hpcfed.restore import restore_run
 
     run_a, run_b = Path(run_a), Path(run_b)
     cfg = _load_run_config(run_a, overrides)
@@ -203,38 +209,36 @@ def compare_runs(run_a: Path, run_b: Path, *, k: int = 11, overrides: Sequence[s
     for f in files:
         if not f.is_file():
             raise BasinError(f"{f}: not found (did the run finish?)")
-    device = _device(cfg.dist.device)
-    if cfg.dist.num_threads:
-        torch.set_num_threads(cfg.dist.num_threads)
-    with ShardedDataset(cfg.data.resolved_shard_dir(), expect_name=cfg.data.name) as ds:
-        num_classes = cfg.model.num_classes or ds.num_classes
-        test = ds.load_test()
-        class_names = ds.class_names
-    if max_test is not None and max_test < len(test):
-        from hpcfed.data import ClientData
+    with restore_run(run_a, overrides, weights=files[0]) as run:
+        test = run.dataset.load_test()
+        if max_test is not None and max_test < len(test):
+            from hpcfed.data import ClientData
 
-        test = ClientData(x=test.x[:max_test], y=test.y[:max_test],
-                          lengths=None if test.lengths is None else test.lengths[:max_test])
-    torch.manual_seed(cfg.seed)  # the frozen weights of a random-init backbone, as in hpcfed.main.build_loop
-    model = build_model(cfg.model, num_classes, class_names=class_names).to(device)
-    flat = apply_peft(model, cfg.peft)
-    theta_a, theta_b = (load_peft(f, flat).to(device) for f in files)
+            test = ClientData(x=test.x[:max_test], y=test.y[:max_test],
+                              lengths=None if test.lengths is None else test.lengths[:max_test])
+        loop = run.evaluation_loop(test)
+        theta_a, theta_b = run.theta, run.load_weights(files[1])
+        point = {"theta": theta_a}
 
-    def set_params(theta: torch.Tensor) -> None:
-        flat.data.copy_(theta)
+        def set_params(theta: torch.Tensor) -> None:
+            point["theta"] = theta
 
-    def evaluate_point() -> tuple[float, float]:
-        s = evaluate(model, test, device, batch_size=cfg.eval.batch_size, bf16=cfg.fl.local.bf16).cpu()
-        loss, acc = float(s[0] / s[2]), float(s[1] / s[2])
-        log(f"loss {loss:.4f} acc {acc:.4f}")
-        return loss, acc
+        def evaluate_point() -> tuple[float, float]:
+            m = run.evaluate(point["theta"])
+            if "test_loss" not in m or "test_acc" not in m:
+                raise BasinError(f"fl.algorithm={cfg.fl.algorithm}: its evaluation reports no test_loss / test_acc "
+                                 f"(got {', '.join(sorted(m)) or 'nothing'})")
+            loss, acc = float(m["test_loss"]), float(m["test_acc"])
+            log(f"loss {loss:.4f} acc {acc:.4f}")
+            return loss, acc
 
-    ts, res = interpolate(set_params, theta_a, theta_b, evaluate_point, k)
+        ts, res = interpolate(set_params, theta_a, theta_b, evaluate_point, k)
+        n_test, trainable = len(loop.test_data), run.flat.numel
     losses = [r[0] for r in res]
     accs = [r[1] for r in res]
     return {
-        "run_a": str(run_a), "run_b": str(run_b), "k": k, "test_examples": len(test),
-        "peft_method": cfg.peft.method, "trainable": flat.numel,
+        "run_a": str(run_a), "run_b": str(run_b), "k": k, "test_examples": n_test,
+        "peft_method": cfg.peft.method, "trainable": trainable,
         "distance": float(torch.linalg.vector_norm(theta_b - theta_a)),
         "ts": [float(t) for t in ts], "losses": losses, "accuracies": accs,
         "barrier": barrier_height(ts, losses), "error_barrier": barrier_height(ts, [1.0 - a for a in accs]),
