@@ -14,9 +14,9 @@ process. Prints one JSON line: ``accuracy``, ``loss`` (the method's ``test_acc``
 run's last ``metrics.jsonl`` row), ``num_examples``, ``source``, ``method``, ``algorithm`` and ``metrics`` (all
 the method reported). Bad input prints ``error: ...`` and exits with 2.
 
-Per method: ``fedavg`` / ``fedprox`` / ``feddat`` (the global model, A_S; FedDAT's personalised metrics need
-the clients' adapters and are not reported) and ``fedyolo`` (mean over its tasks, ``*_task{t}`` each) give the
-run's numbers; ``fedpft`` evaluates the full model with the global LoRA (the run's ``test_acc``), but its
+Per method: ``fedavg`` / ``fedprox`` / ``feddat`` (FedDAT: its global and personalised metrics, each client's
+A_C and head read from the run's client-state store as of the last round) and ``fedyolo`` (mean over its tasks,
+``*_task{t}`` each) give the run's numbers; ``fedpft`` evaluates the full model with the global LoRA (the run's ``test_acc``), but its
 ``setup`` first re-runs stage-1 distillation on the public text (skip with ``fl.algo.distill_steps=0``; the
 ``sub_*`` metrics are of that re-distilled sub-model, not the run's); ``fedsimsiam`` reports its SimSiam loss
 (``accuracy`` and ``loss`` are null).

@@ -115,6 +115,7 @@ class RestoredRun:
             self.flat.data.copy_(self.theta)
         self._loop = FederatedLoop(self.cfg, self.model, self.flat, self.dataset, test, LocalComm(), self.device,
                                    algorithm=self.algorithm)
+        self.algorithm.on_restore(self._loop, self.cfg.fl.rounds)  # final weights: after the last round
         return self._loop
 
     def evaluate(self, theta: Optional[torch.Tensor] = None) -> dict:
@@ -126,35 +127,17 @@ class RestoredRun:
 
         Returns:
             the method's metrics, e.g. ``test_loss`` / ``test_acc`` (FedYolo adds ``*_task{t}``; FedPFT
-            ``sub_*`` of the sub-model as its ``setup`` left it, not the run's aligned one; FedDAT only the
-            global model's, not the personalised ones; FedSimSiam ``ssl_test_loss`` / ``ssl_proj_std``).
+            ``sub_*`` of the sub-model as its ``setup`` left it, not the run's aligned one; FedDAT its global
+            and personalised metrics, with each client's state read from the run's store as of its last round;
+            FedSimSiam ``ssl_test_loss`` / ``ssl_proj_std``).
 
         Raises:
-            ConfigError: a method whose metric needs state this module does not restore
-                (:func:`check_evaluable`); from the method's ``setup`` (first call).
-            DataError: from the method's ``setup`` (first call).
+            ConfigError, DataError: from the method's ``setup`` (first call).
         """
-        check_evaluable(self.cfg, self.algorithm)
         loop = self.evaluation_loop()
         with torch.no_grad():
             loop.theta_global.copy_(self.theta if theta is None else theta)
             return loop.algorithm.evaluate(loop)
-
-
-def check_evaluable(cfg: Config, algorithm: "Algorithm") -> None:
-    """Refuse methods whose ``test_acc`` is not a function of the global parameters and the method's build.
-
-    FedDAT with ``fl.algo.head=personal`` (its default) has no global head: its ``test_acc`` is A_S with each
-    evaluated client's own head, read from the client-state store at the run's last round, which a restored
-    run does not have (the method has no hook that puts it in its after-the-last-round state).
-
-    Raises:
-        ConfigError: one line naming the key.
-    """
-    if cfg.fl.algorithm == "feddat" and getattr(algorithm.params, "head", None) == "personal":
-        raise ConfigError("fl.algorithm=feddat with fl.algo.head=personal has no global model (test_acc uses each "
-                          "client's own head from the run's client state, which a restored run does not load); "
-                          "only fl.algo.head=shared runs can be evaluated from their global parameters")
 
 
 def restore_run(run_dir: PathLike, overrides: Sequence[str] = (), *, device: Optional[torch.device] = None,
@@ -197,7 +180,9 @@ def restore_run(run_dir: PathLike, overrides: Sequence[str] = (), *, device: Opt
         raise ConfigError(f"run_dir={run_dir}: no config.yaml (not a run folder)")
     if weights is not None and export is not None:
         raise ConfigError("give export= or weights=, not both")
-    cfg = load_run_config([f"config={run_dir / 'config.yaml'}", *overrides])
+    # the run's folder is where it is now (its client state, derived data), whatever out_dir it was run with
+    cfg = load_run_config([f"config={run_dir / 'config.yaml'}", f"out_dir={run_dir.resolve().parent}",
+                           f"name={run_dir.resolve().name}", *overrides])
     source = Path(export if export is not None else weights or run_dir / WEIGHTS)
     if export is None and not source.is_file():
         raise LayoutError(f"{source}: no such file (did the run finish? give export=DIR or weights=FILE)")

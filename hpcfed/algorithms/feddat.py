@@ -441,6 +441,11 @@ class FedDAT(Algorithm):
 
         return evaluate_feddat(self, loop)
 
+    def on_restore(self, loop: FederatedLoop, rounds_done: int) -> None:
+        """Evaluate as after round ``rounds_done``: clients' A_C and heads are read from the run's store as of
+        that round (nothing is purged)."""
+        self.round_idx, self._started = rounds_done, True
+
     # -- checkpoint state ------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Nothing: A_C lives in the versioned store on disk. Resuming from round R reads, for each client,

@@ -19,6 +19,7 @@ seed, cid)``
 ``evaluate(loop)``                     metrics of the global model (default: test loss / accuracy)
 ``save_final(loop, final_dir)``        the method's own final files (main process only, after the last round)
 ``state_tensors()`` / ``load_state``   extra state for exact resumption (checkpointed with prefix ``algo.``)
+``on_restore(loop, rounds_done)``      a finished run restored for evaluation (``hpcfed.restore``)
 =====================================  ==========================================================================
 
 A method never sees a rank: everything it does between processes goes through ``loop.comm``
@@ -186,6 +187,11 @@ class Algorithm:
         """Write the method's own final outputs into ``final_dir`` (a :class:`pathlib.Path`) beside the PEFT
         weights. Called once, by the entry point, on the main process only, after the last round; default:
         nothing."""
+
+    def on_restore(self, loop: "FederatedLoop", rounds_done: int) -> None:
+        """A finished run is restored (:func:`hpcfed.restore.restore_run`) to evaluate its final model: put the
+        method into its state after round ``rounds_done`` (e.g. where its per-client state is read from).
+        Called once, after :meth:`setup`; default: nothing."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Extra tensors a checkpoint must hold to resume exactly (names without the ``algo.`` prefix)."""
