@@ -1,7 +1,9 @@
-"""Studies: ``python -m hpcfed.study configs/study/NAME.yaml [key=value ...] [--dry-run | --report]``.
+"""Studies: ``python -m hpcfed.study [run | report | list] configs/study/NAME.yaml [key=value ...]
+[--cells I,J-K] [--only NAME] [--dry-run]``.
 
-A study is a grid of runs of :mod:`hpcfed.main` (method × model × partition × init × seed, any config keys)
-summarised in one table. The study YAML::
+A study is a grid of runs of :mod:`hpcfed.main` (method × model × partition × init, any config keys),
+repeated over seeds, summarised in one table with mean ± 95% CI per arm and a verdict per declared claim.
+The study YAML (docs/study.md has every key)::
 
     name: my_study                      # outputs go to runs/study/my_study/ unless out_dir is set
     base_config: configs/sst2_minilm_bitfit.yaml   # optional run YAML (config=...)
@@ -13,27 +15,31 @@ summarised in one table. The study YAML::
         full: {peft.method: full, fl.local.lr: 5.0e-5}
     cells:                              # extra cells, not crossed with the grid (e.g. baselines)
       - {fl.mode: centralized, method: lora}   # a named axis is referred to by label
+    seeds: [0, 1, 2]                    # every cell once per seed (an arm = a cell without its seed)
+    lr_sweep: {values: [1.0e-3, 3.0e-3], seeds: [0], rounds: 3, arms: [{method: lora}]}
+    claims:                             # paired differences a - b by seed, with a verdict
+      - {name: lora beats full, a: {method: lora, data.alpha: 0.1}, b: {method: full, data.alpha: 0.1},
+         metric: final_test_acc, direction: greater}
     target_acc: 0.75                    # for rounds_to_target (null: no column values)
     ranks: 1                            # MPI ranks per cell (> 1: the venv's mpirun)
     timeout_s: null                     # per-cell wall-clock limit (SIGTERM, then SIGKILL)
 
-Each cell runs ``python -m hpcfed.main config=<base_config> progress=false <base> <cell> <command-line words>
-name=<cell id> out_dir=<study out_dir>`` in a subprocess (its output appended to ``<cell>/study.log``), so a
-crashing cell is recorded as failed and the study goes on. Every cell's config is validated with
-:func:`hpcfed.config.load_config` before anything runs. A cell whose outputs are complete (and written by the
-same config hash) is skipped, so re-running the command resumes a study; an interrupted cell resumes from its
-own checkpoint. Words on the command line set study keys (``name``, ``out_dir``, ``ranks``, ``target_acc``,
-``timeout_s``, ``base_config``); any other ``key=value`` is a config override applied to every cell after
-its grid values.
+Each cell runs ``python -m hpcfed.main config=<base_config> progress=false <base> <cell> <swept value>
+<command-line words> name=<cell id> out_dir=<study out_dir>`` in a subprocess (its output appended to
+``<cell>/study.log``), so a crashing cell is recorded as failed and the study goes on; ``--cells`` /
+``--only`` run a subset (one Slurm array task per cell). Every cell's config is validated before anything
+runs. A complete cell is skipped, so re-running resumes a study cell by cell.
 
 Outputs in the study folder (each written atomically): ``results.csv`` and ``results.md`` (one row per cell,
-columns in :data:`METRIC_COLUMNS`, see docs/study.md), ``acc_vs_round.png`` and ``acc_vs_bytes.png``.
+then the arms, claims and sweeps), ``arms.csv``, ``claims.csv``, ``lr_sweep.json``, ``acc_vs_round.png`` and
+``acc_vs_bytes.png``.
 
-Modules: :mod:`~hpcfed.study.spec` (the study file, its grid and cells, validation),
-:mod:`~hpcfed.study.runner` (cell commands, running cells, the command line),
-:mod:`~hpcfed.study.report` (rows and curves read back from the runs, the table, the plots) and
-:mod:`~hpcfed.study.outputs` (a cell's run folder and whether it is complete); ``metrics.jsonl`` is read by
-:func:`hpcfed.runlog.read_metrics`. Everything public is re-exported here.
+Modules: :mod:`~hpcfed.study.spec` (the study file, its cells and arms, validation; helpers in
+:mod:`~hpcfed.study.expand` and :mod:`~hpcfed.study.design`), :mod:`~hpcfed.study.runner` (running cells),
+:mod:`~hpcfed.study.cli` (the command line), :mod:`~hpcfed.study.outputs` (a cell's run folder and row),
+:mod:`~hpcfed.study.sweep` (learning-rate sweeps), :mod:`~hpcfed.study.stats` (mean ± t-CI, paired
+differences, the verdict rule), :mod:`~hpcfed.study.summary` (per-arm and per-claim tables) and
+:mod:`~hpcfed.study.report` (the table and plots). Everything public is re-exported here.
 """
 
 from __future__ import annotations
@@ -41,9 +47,21 @@ from __future__ import annotations
 import re  # noqa: F401  (kept reachable as hpcfed.study.re, as when this was one module; tests use it)
 
 from hpcfed.runlog import METRICS_FILE, read_metrics
-from hpcfed.study.outputs import LOG_FILE, RECORD_FILE, atomic_write, is_complete, read_json, run_dir
-from hpcfed.study.report import METRIC_COLUMNS, collect, columns, report, write_plots, write_table
-from hpcfed.study.runner import STOP_GRACE_S, cell_command, cli, error_tail, mpirun_path, run_cell, run_study
+from hpcfed.study.cli import COMMANDS, cli, list_cells, parse_cells, select_cells
+from hpcfed.study.design import METRIC_COLUMNS, NUMERIC_METRICS, Claim, LrSweep
+from hpcfed.study.errors import StudyError
+from hpcfed.study.outputs import (
+    LOG_FILE,
+    RECORD_FILE,
+    SWEEP_FILE,
+    atomic_write,
+    collect,
+    is_complete,
+    read_json,
+    run_dir,
+)
+from hpcfed.study.report import columns, report, write_plots, write_table
+from hpcfed.study.runner import STOP_GRACE_S, cell_command, error_tail, mpirun_path, run_cell, run_study
 from hpcfed.study.spec import (
     CLI_STUDY_KEYS,
     MAX_ID_CHARS,
@@ -51,15 +69,19 @@ from hpcfed.study.spec import (
     STUDY_KEYS,
     Cell,
     Study,
-    StudyError,
     cell_argv,
     load_study,
 )
+from hpcfed.study.stats import Estimate, Paired, mean_ci, paired_differences, t_quantile, verdict
+from hpcfed.study.summary import arm_table, claim_table
+from hpcfed.study.sweep import resolve_sweeps
 
 __all__ = [
-    "CLI_STUDY_KEYS", "LOG_FILE", "MAX_ID_CHARS", "METRICS_FILE", "METRIC_COLUMNS", "RECORD_FILE",
-    "RESERVED_CONFIG_KEYS", "STOP_GRACE_S", "STUDY_KEYS", "Cell", "Study", "StudyError", "atomic_write",
-    "cell_argv", "cell_command", "cli", "collect", "columns", "error_tail", "is_complete", "load_study",
-    "mpirun_path", "read_json", "read_metrics", "report", "run_cell", "run_dir", "run_study", "write_plots",
-    "write_table",
+    "CLI_STUDY_KEYS", "COMMANDS", "Claim", "Estimate", "LOG_FILE", "LrSweep", "MAX_ID_CHARS", "METRICS_FILE",
+    "METRIC_COLUMNS", "NUMERIC_METRICS", "Paired", "RECORD_FILE", "RESERVED_CONFIG_KEYS", "STOP_GRACE_S",
+    "STUDY_KEYS", "SWEEP_FILE", "Cell", "Study", "StudyError", "arm_table", "atomic_write", "cell_argv",
+    "cell_command", "claim_table", "cli", "collect", "columns", "error_tail", "is_complete", "list_cells",
+    "load_study", "mean_ci", "mpirun_path", "paired_differences", "parse_cells", "read_json", "read_metrics",
+    "report", "resolve_sweeps", "run_cell", "run_dir", "run_study", "select_cells", "t_quantile", "verdict",
+    "write_plots", "write_table",
 ]

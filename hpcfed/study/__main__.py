@@ -1,7 +1,7 @@
-"""``python -m hpcfed.study configs/study/NAME.yaml [key=value ...] [--dry-run | --report]``."""
+"""``python -m hpcfed.study [run | report | list] configs/study/NAME.yaml [key=value ...] [options]``."""
 
 import sys
 
-from hpcfed.study.runner import cli
+from hpcfed.study.cli import cli
 
 sys.exit(cli())

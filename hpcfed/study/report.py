@@ -1,5 +1,6 @@
-"""Study results: each cell's table row and accuracy curve read back from its run folder, then
-``results.csv``, ``results.md``, ``acc_vs_round.png`` and ``acc_vs_bytes.png`` in the study folder.
+"""Study results: the cells' rows and curves (:func:`hpcfed.study.outputs.collect`) as ``results.csv`` and
+``results.md`` (with the per-arm statistics, the claims' verdicts and the sweeps' picks), and the plots
+``acc_vs_round.png`` and ``acc_vs_bytes.png``, in the study folder.
 
 Everything here is rebuilt from what is on disk (``python -m hpcfed.study STUDY.yaml --report``).
 """
@@ -9,114 +10,39 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
-import json
-import math
 from typing import Any
 
 from hpcfed.atomic import atomic_path
-from hpcfed.config import Config
-from hpcfed.runlog import read_metrics
-from hpcfed.study.outputs import RECORD_FILE, atomic_write, is_complete, read_json, run_dir
-from hpcfed.study.spec import Cell, Study
+from hpcfed.study.design import METRIC_COLUMNS
+from hpcfed.study.outputs import atomic_write, cell_text, collect
+from hpcfed.study.spec import Study
+from hpcfed.study.summary import write_summary
+from hpcfed.study.sweep import resolve_sweeps, sweep_markdown
 
-METRIC_COLUMNS = ("status", "final_test_acc", "best_test_acc", "trainable_params", "bytes_per_round",
-                  "rounds_to_target", "wall_s", "local_test_acc", "error")
-"""Table columns after ``cell`` and the axis columns."""
-
-
-def _select(cfg: Config, key: str) -> Any:
-    obj: Any = cfg
-    for part in key.split("."):
-        if not hasattr(obj, part):
-            return None
-        obj = getattr(obj, part)
-    return obj
-
-
-def collect(study: Study, cell: Cell) -> tuple[dict, dict]:
-    """One table row and the cell's curve.
-
-    Returns:
-        (row, curve): ``row`` maps ``cell``, the axis columns and :data:`METRIC_COLUMNS` to values (None when
-        absent); ``curve`` has ``rounds``, ``acc`` and ``cum_bytes`` (bytes up + down up to that round) at the
-        evaluated rounds, and ``local_only`` (bool).
-    """
-    d = run_dir(study, cell)
-    row: dict[str, Any] = {"cell": cell.id}
-    for axis in study.axes:
-        row[axis] = cell.labels[axis] if axis in cell.labels else _select(cell.cfg, axis)
-    row.update({k: None for k in METRIC_COLUMNS})
-    local_only = cell.cfg.fl.mode == "local_only"
-    curve: dict[str, Any] = {"rounds": [], "acc": [], "cum_bytes": [], "local_only": local_only}
-    rec = read_json(d / RECORD_FILE) or {}
-    row["wall_s"] = None if rec.get("wall_s") is None else round(float(rec["wall_s"]), 1)
-    if not is_complete(study, cell):
-        if rec.get("status") == "failed":
-            row["status"], row["error"] = "failed", rec.get("error") or None
-        else:
-            row["status"], row["wall_s"] = "pending", None
-        return row, curve
-    row["status"] = "done"
-    info = read_json(d / "run_info.json") or {}
-    row["trainable_params"] = info.get("trainable_params")
-    metrics = read_metrics(d)
-    cum = 0
-    per_round = []
-    for m in metrics:
-        b = (m.get("bytes_up") or 0) + (m.get("bytes_down") or 0)
-        if "bytes_up" in m or "bytes_down" in m:
-            per_round.append(b)
-        cum += b
-        acc = m.get("test_acc")
-        if acc is not None and math.isfinite(acc):
-            curve["rounds"].append(m.get("round"))
-            curve["acc"].append(float(acc))
-            curve["cum_bytes"].append(cum)
-    if curve["acc"]:
-        row["final_test_acc"] = round(curve["acc"][-1], 4)
-        row["best_test_acc"] = round(max(curve["acc"]), 4)
-    if local_only:
-        row["bytes_per_round"] = 0  # nothing is communicated
-        lta = metrics[-1].get("local_test_acc") if metrics else None
-        row["local_test_acc"] = None if lta is None else round(float(lta), 4)
-    else:
-        row["bytes_per_round"] = round(sum(per_round) / len(per_round)) if per_round else None
-        if study.target_acc is not None:
-            row["rounds_to_target"] = next(
-                (r for r, a in zip(curve["rounds"], curve["acc"]) if a >= study.target_acc), None)
-    return row, curve
+__all__ = ["METRIC_COLUMNS", "collect", "columns", "report", "write_plots", "write_table"]
 
 
 def columns(study: Study) -> list[str]:
+    """``results.csv`` columns: ``cell``, the axis columns, then :data:`METRIC_COLUMNS`."""
     return ["cell", *study.axes, *METRIC_COLUMNS]
 
 
-def _cell_text(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:g}" if abs(v) < 1e-3 or abs(v) >= 1e6 else repr(v)
-    if isinstance(v, (list, tuple)):
-        return json.dumps(v)
-    return str(v)
-
-
 def write_table(study: Study, rows: list[dict]) -> None:
-    """``results.csv`` (plain values) and ``results.md`` (dated, with the command), atomically."""
+    """``results.csv`` (plain values) and ``results.md`` (dated, with the command; then the arms, claims and
+    sweep sections), atomically; also ``arms.csv`` and ``claims.csv`` (:func:`hpcfed.study.summary.write_summary`).
+    """
     cols = columns(study)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in rows:
-        w.writerow([_cell_text(r.get(c)) for c in cols])
+        w.writerow([cell_text(r.get(c)) for c in cols])
     atomic_write(study.out_dir / "results.csv", buf.getvalue())
 
     def md(v: Any, col: str) -> str:
         if col in ("trainable_params", "bytes_per_round") and isinstance(v, (int, float)):
             return f"{int(v):,}"
-        return _cell_text(v).replace("|", "\\|").replace("\n", " ")
+        return cell_text(v).replace("|", "\\|").replace("\n", " ")
 
     done = sum(r["status"] == "done" for r in rows)
     failed = sum(r["status"] == "failed" for r in rows)
@@ -136,6 +62,7 @@ def write_table(study: Study, rows: list[dict]) -> None:
     ]
     lines += ["| " + " | ".join(md(r.get(c), c) for c in cols) + " |" for r in rows]
     lines += ["", "Columns: see docs/study.md. Plots: `acc_vs_round.png`, `acc_vs_bytes.png`.", ""]
+    lines += write_summary(study, rows) + sweep_markdown(study)
     atomic_write(study.out_dir / "results.md", "\n".join(lines))
 
 
@@ -184,7 +111,13 @@ def write_plots(study: Study, curves: list[tuple[str, dict]]) -> None:
 
 
 def report(study: Study) -> list[dict]:
-    """Rebuild the table and plots from what is on disk; returns the rows."""
+    """Rebuild the table, the statistics and the plots from what is on disk (resolving lr sweeps first);
+    returns the rows (one per cell, sweep cells first).
+
+    Raises:
+        StudyError: a sweep's picked value makes a main cell's config invalid.
+    """
+    resolve_sweeps(study)
     collected = [collect(study, c) for c in study.cells]
     rows = [r for r, _ in collected]
     write_table(study, rows)

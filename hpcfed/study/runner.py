@@ -1,11 +1,10 @@
 """Running a study: each cell's command (python, or the venv's mpirun for several ranks), one subprocess per
-cell with its output in ``<cell>/study.log``, complete cells skipped (so re-running resumes), and the
-command line (:func:`cli`, also ``python -m hpcfed.study``).
+cell with its output in ``<cell>/study.log``, complete cells skipped (so re-running resumes), sweep cells
+before the main cells they pick a learning rate for. The command line is :mod:`hpcfed.study.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -20,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from hpcfed.study.outputs import LOG_FILE, RECORD_FILE, atomic_write, is_complete, run_dir
-from hpcfed.study.report import collect, report, write_table
-from hpcfed.study.spec import Cell, Study, StudyError, cell_argv, load_study
+from hpcfed.study.errors import StudyError
+from hpcfed.study.outputs import LOG_FILE, RECORD_FILE, atomic_write, collect, is_complete, run_dir
+from hpcfed.study.report import report, write_table
+from hpcfed.study.spec import Cell, Study, cell_argv
+from hpcfed.study.sweep import resolve_sweeps
 
 log = logging.getLogger("hpcfed.study")
 
@@ -36,7 +37,11 @@ def mpirun_path() -> Optional[str]:
 
 
 def cell_command(study: Study, cell: Cell) -> list[str]:
-    """The subprocess command of a cell: plain python for one rank, the venv's mpirun for several."""
+    """The subprocess command of a cell: plain python for one rank, the venv's mpirun for several.
+
+    Raises:
+        StudyError: ``ranks > 1`` and no ``mpirun`` is found.
+    """
     cmd = [sys.executable, "-m", "hpcfed.main", *cell_argv(study, cell)]
     if study.ranks == 1:
         return cmd
@@ -50,7 +55,7 @@ def cell_command(study: Study, cell: Cell) -> list[str]:
     return [exe, *flags, "-n", str(study.ranks), *cmd]
 
 
-def _package_cell_command(study: Study, cell: Cell) -> list[str]:
+def effective_cell_command(study: Study, cell: Cell) -> list[str]:
     """:func:`cell_command` as the ``hpcfed.study`` package exports it, looked up at each call: replacing
     ``hpcfed.study.cell_command`` (a test running fake cells does) changes what :func:`run_study` runs."""
     return sys.modules[__package__].cell_command(study, cell)
@@ -84,10 +89,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_cell(study: Study, cell: Cell) -> dict:
-    """Run one cell in a subprocess; returns (and writes) its record: status, returncode, wall_s, error."""
+    """Run one cell in a subprocess (``timeout_s`` wall-clock seconds at most); returns (and writes to
+    ``study_cell.json``) its record: status (``done`` / ``failed``), returncode, wall_s (seconds), error."""
     d = run_dir(study, cell)
     d.mkdir(parents=True, exist_ok=True)
-    cmd = _package_cell_command(study, cell)
+    cmd = effective_cell_command(study, cell)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = d / LOG_FILE
     with open(log_path, "ab") as fh:
@@ -122,93 +128,63 @@ def run_cell(study: Study, cell: Cell) -> dict:
         else:
             error = f"exit {rc}: {error_tail(out)}"
     rec = {"cell": cell.id, "status": status, "returncode": rc, "wall_s": round(wall_s, 3), "error": error,
-           "command": shlex.join(cmd), "finished": _dt.datetime.now().isoformat(timespec="seconds")}
+           "command": shlex.join(cmd), "config_hash": cell.config_hash(),
+           "finished": _dt.datetime.now().isoformat(timespec="seconds")}
     atomic_write(d / RECORD_FILE, json.dumps(rec, indent=1) + "\n")
     return rec
 
 
-def run_study(study: Study) -> list[dict]:
-    """Run every incomplete cell in order (skipping complete ones), then write the table and plots.
+def _record_blocked(study: Study, cell: Cell) -> dict:
+    rec = {"cell": cell.id, "status": "failed", "returncode": None, "wall_s": None, "error": cell.blocked,
+           "command": "", "finished": _dt.datetime.now().isoformat(timespec="seconds")}
+    run_dir(study, cell).mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir(study, cell) / RECORD_FILE, json.dumps(rec, indent=1) + "\n")
+    return rec
 
-    A failed cell is recorded and the study goes on; the table is rewritten after each cell, the plots at
-    the end (also after Ctrl-C).
+
+def run_study(study: Study, cells: Optional[Sequence[Cell]] = None) -> list[dict]:
+    """Run every incomplete cell of ``cells`` (default: all of the study's, sweep cells first) in order, then
+    write the table, the statistics and the plots; returns every cell's row (not only the selected ones').
+
+    Skipped: complete cells, and sweep cells of an arm whose pick is recorded. A main cell whose arm's sweep
+    is not resolved (its sweep cells have not all finished) is recorded as failed with the reason, without
+    running. A failed cell is recorded and the study goes on; the table is rewritten after each cell, the
+    plots at the end (also after Ctrl-C).
+
+    Raises:
+        StudyError: a cell cannot be started (``ranks > 1`` without mpirun) or a sweep's pick is invalid.
     """
-    for cell in study.cells:  # fail before any run (e.g. no mpirun)
-        _package_cell_command(study, cell)
+    selected = list(study.cells if cells is None else cells)
+    for cell in selected:  # fail before any run (e.g. no mpirun)
+        effective_cell_command(study, cell)
     study.out_dir.mkdir(parents=True, exist_ok=True)
-    n = len(study.cells)
+    resolve_sweeps(study)
+    n = len(selected)
     try:
-        for i, cell in enumerate(study.cells, 1):
+        for i, cell in enumerate(selected, 1):
+            if cell.blocked:  # another process (a Slurm array task) may have finished the sweep since
+                resolve_sweeps(study)
+            if cell.kind == "sweep" and cell.arm in study.chosen:
+                log.info("[%d/%d] %s: arm %s's sweep is resolved (%s), skipped", i, n, cell.id, cell.arm,
+                         study.chosen[cell.arm])
+                continue
             if is_complete(study, cell):
                 log.info("[%d/%d] %s: complete, skipped", i, n, cell.id)
                 continue
-            log.info("[%d/%d] %s: running (log: %s)", i, n, cell.id, run_dir(study, cell) / LOG_FILE)
-            rec = run_cell(study, cell)
-            if rec["status"] == "done":
-                row, _ = collect(study, cell)
-                log.info("[%d/%d] %s: done in %.1f s, final test acc %s", i, n, cell.id, rec["wall_s"],
-                         row["final_test_acc"])
+            if cell.blocked:
+                _record_blocked(study, cell)
+                log.warning("[%d/%d] %s: NOT RUN: %s", i, n, cell.id, cell.blocked)
             else:
-                log.warning("[%d/%d] %s: FAILED after %.1f s: %s", i, n, cell.id, rec["wall_s"], rec["error"])
+                log.info("[%d/%d] %s: running (log: %s)", i, n, cell.id, run_dir(study, cell) / LOG_FILE)
+                rec = run_cell(study, cell)
+                if rec["status"] == "done":
+                    row, _ = collect(study, cell)
+                    log.info("[%d/%d] %s: done in %.1f s, final test acc %s", i, n, cell.id, rec["wall_s"],
+                             row["final_test_acc"])
+                else:
+                    log.warning("[%d/%d] %s: FAILED after %.1f s: %s", i, n, cell.id, rec["wall_s"],
+                                rec["error"])
             write_table(study, [collect(study, c)[0] for c in study.cells])
     finally:
         rows = report(study)
     return rows
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    description = sys.modules[__package__].__doc__.split("\n\n")[0]  # the package docstring's first paragraph
-    p = argparse.ArgumentParser(prog="python -m hpcfed.study", description=description, allow_abbrev=False)
-    p.add_argument("study", help="study YAML (configs/study/*.yaml)")
-    p.add_argument("words", nargs="*", help="study keys (name, out_dir, ranks, target_acc, timeout_s, "
-                                            "base_config) or config overrides for every cell, key=value")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="validate and print each cell's command; run nothing")
-    mode.add_argument("--report", action="store_true", help="only rebuild the table and plots from disk")
-    return p
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry; returns the exit status (0 all done, 1 some cell failed, 2 bad input, 130 ^C)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    old_term = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's kill stops the running cell cleanly too
-    except ValueError:  # not the main thread
-        old_term = None
-    try:
-        return _cli(args, argv)
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-
-
-def _cli(args: argparse.Namespace, argv: list[str]) -> int:
-    try:
-        study = load_study(args.study, args.words)
-        study.command = shlex.join(["python", "-m", "hpcfed.study", *argv])
-        if args.dry_run:
-            for cell in study.cells:
-                print(f"{cell.id}\t{shlex.join(_package_cell_command(study, cell))}")
-            return 0
-        rows = report(study) if args.report else run_study(study)
-    except StudyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hpcfed.study: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    failed = [r["cell"] for r in rows if r["status"] == "failed"]
-    log.info("results: %s (%d cells, %d failed)", study.out_dir / "results.md", len(rows), len(failed))
-    return 1 if failed else 0
-

@@ -1,16 +1,14 @@
-"""Study files: reading a study YAML (plus command-line words), expanding its grid and cells into
-:class:`Cell` objects with readable ids, and validating every cell's config with
-:func:`hpcfed.config.load_config`.
+"""Study files: reading a study YAML (plus command-line words), expanding its grid, cells and seeds into
+:class:`Cell` objects with readable ids, grouping them into arms, adding the cells of its learning-rate
+sweeps, and validating every cell's config through :func:`hpcfed.compose.load_run_config`.
 
-Nothing here runs anything; :mod:`hpcfed.study.runner` does.
+Nothing here runs anything; :mod:`hpcfed.study.runner` does. The grid and id helpers live in
+:mod:`hpcfed.study.expand`, the statistical keys (``seeds``, ``claims``, ``lr_sweep``, ``metrics``) in
+:mod:`hpcfed.study.design`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,19 +17,32 @@ import yaml
 
 from hpcfed.compose import load_run_config
 from hpcfed.config import Config, ConfigError
+from hpcfed.study import design
+from hpcfed.study.design import SEED_AXIS, Claim, LrSweep
+from hpcfed.study.errors import StudyError
+from hpcfed.study.expand import (
+    MAX_ID_CHARS,
+    RESERVED_CONFIG_KEYS,
+    base_words,
+    cell_ids,
+    digest,
+    expand_cells,
+    format_value,
+    parse_axes,
+    slug_value,
+    to_words,
+)
 
-STUDY_KEYS = ("name", "base_config", "base", "grid", "cells", "target_acc", "ranks", "out_dir", "timeout_s")
+STUDY_KEYS = ("name", "base_config", "base", "grid", "cells", "seeds", "seed_keys", "lr_sweep", "claims",
+              "metrics", "target_acc", "ranks", "out_dir", "timeout_s")
 """Top-level keys of a study YAML."""
-CLI_STUDY_KEYS = ("name", "base_config", "target_acc", "ranks", "out_dir", "timeout_s")
+CLI_STUDY_KEYS = ("name", "base_config", "target_acc", "ranks", "out_dir", "timeout_s", "seeds")
 """Study keys that a command-line ``key=value`` sets (every other word is a config override)."""
-RESERVED_CONFIG_KEYS = ("name", "out_dir", "config")
-"""Config words the study sets itself; not allowed in base/grid/cells."""
-MAX_ID_CHARS = 80
-"""Longest cell id before it is cut and given a digest of its overrides."""
+SWEEP_PREFIX = "sweep-"
+"""Cell ids of learning-rate sweep cells start with this."""
 
-
-class StudyError(ValueError):
-    """A bad study file, command line or cell config (one line)."""
+__all__ = ["CLI_STUDY_KEYS", "MAX_ID_CHARS", "RESERVED_CONFIG_KEYS", "STUDY_KEYS", "SWEEP_PREFIX", "Cell", "Study",
+           "StudyError", "cell_argv", "load_study", "validate_cell"]
 
 
 @dataclass
@@ -41,23 +52,43 @@ class Cell:
     id: str
     """Readable, filesystem-safe slug of the cell's own overrides; its run folder's name."""
     words: list[str]
-    """The cell's own overrides (grid values or an explicit cell), ``key=value``."""
+    """The cell's own overrides (grid values or an explicit cell, and its seed), ``key=value``."""
     labels: dict[str, Any]
     """Axis name -> the value or label shown in the table (and used for the id)."""
     cfg: Optional[Config] = None
-    """The validated effective config (set by :func:`load_study`)."""
+    """The validated effective config (set by :func:`load_study`, again when a sweep picks the cell's lr)."""
+    arm: str = ""
+    """Id of the cell's arm (the cell without its seed); a sweep cell: the arm it sweeps for."""
+    seed: Optional[int] = None
+    """The ``seed`` label, else the config's ``seed``."""
+    kind: str = "main"
+    """``main`` (summarised per arm) or ``sweep`` (a learning-rate sweep cell)."""
+    chosen: dict[str, Any] = field(default_factory=dict)
+    """Main cell of a swept arm: ``{key: value}`` picked by the sweep, applied after :attr:`words`."""
+    blocked: str = ""
+    """Why the cell cannot run yet (its arm's sweep is not resolved); empty when it can."""
+    _hash: Optional[tuple] = field(default=None, repr=False, compare=False)
+
+    def config_hash(self) -> str:
+        """``cfg.hash()`` (what a run's ``run_info.json`` records), computed once per config object."""
+        if self._hash is None or self._hash[0] is not self.cfg:
+            self._hash = (self.cfg, self.cfg.hash())
+        return self._hash[1]
 
 
 @dataclass
 class Study:
+    """A loaded study: its settings, cells, arms, claims and sweeps (from :func:`load_study`)."""
+
     name: str
     path: Path
     """The study YAML."""
     base_config: Optional[str]
     base_words: list[str]
     axes: list[str]
-    """Axis columns of the table, in order: the grid's axes, then keys first seen in ``cells``."""
+    """Axis columns of the table: the grid's axes, keys first seen in ``cells``, ``seed``, swept keys."""
     cells: list[Cell]
+    """Sweep cells first, then the main cells (the order of ``--cells`` indices)."""
     target_acc: Optional[float]
     ranks: int
     out_dir: Path
@@ -66,186 +97,22 @@ class Study:
     """Config overrides from the command line, applied to every cell after its own."""
     command: str = ""
     """The command line that started the study (recorded in results.md)."""
+    seeds: Optional[list[int]] = None
+    """The ``seeds`` axis (None: no such axis)."""
+    arms: dict[str, dict] = field(default_factory=dict)
+    """Arm id -> its labels (a cell's labels without the seed), in order of first appearance."""
+    metrics: tuple[str, ...] = design.DEFAULT_METRICS
+    claims: list[Claim] = field(default_factory=list)
+    sweeps: list[LrSweep] = field(default_factory=list)
+    chosen: dict[str, Any] = field(default_factory=dict)
+    """Arm id -> the swept value picked for it (filled by :func:`hpcfed.study.sweep.resolve_sweeps`)."""
+    sweep_entries: dict[str, dict] = field(default_factory=dict)
+    """Arm id -> its ``lr_sweep.json`` entry (scores per value, the pick), once known."""
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Parsing and expansion
-# ----------------------------------------------------------------------------------------------------------
-
-def _fmt_value(v: Any) -> str:
-    """A value as the right-hand side of a dotlist word (YAML-parsable; strings pass through)."""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(v)  # lists / mappings: JSON is YAML flow style
-
-
-def _flatten(m: dict, where: str, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> ``{dotted.key: value}`` (a mapping value is a section, never a value)."""
-    out: dict[str, Any] = {}
-    for k, v in m.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, where, key + "."))
-        else:
-            out[key] = v
-    for key in out:
-        if key in RESERVED_CONFIG_KEYS:
-            raise StudyError(f"{where}: '{key}' is set by the study (per cell); remove it")
-    return out
-
-
-def _words(m: dict[str, Any]) -> list[str]:
-    return [f"{k}={_fmt_value(v)}" for k, v in m.items()]
-
-
-def _base_words(base: Any, where: str) -> list[str]:
-    if base is None:
-        return []
-    if isinstance(base, dict):
-        return _words(_flatten(base, where))
-    if isinstance(base, list):
-        out = []
-        for w in base:
-            if not isinstance(w, str) or "=" not in w:
-                raise StudyError(f"{where}: {w!r} is not a 'key=value' string")
-            if w.split("=", 1)[0] in RESERVED_CONFIG_KEYS:
-                raise StudyError(f"{where}: '{w.split('=', 1)[0]}' is set by the study (per cell); remove it")
-            out.append(w)
-        return out
-    raise StudyError(f"{where}: must be a mapping or a list of 'key=value' strings")
-
-
-def _axes(grid: Any, where: str) -> list[tuple[str, list[tuple[Any, dict[str, Any]]], bool]]:
-    """The grid as ``[(axis, [(label, overrides), ...], named), ...]``; ``named``: a label -> overrides axis."""
-    if grid is None:
-        return []
-    if not isinstance(grid, dict):
-        raise StudyError(f"{where}: must be a mapping of axis -> list of values (or label -> overrides)")
-    axes = []
-    for axis, values in grid.items():
-        axis = str(axis)
-        if axis in RESERVED_CONFIG_KEYS:
-            raise StudyError(f"{where}.{axis}: '{axis}' is set by the study (per cell)")
-        if isinstance(values, list):
-            if not values:
-                raise StudyError(f"{where}.{axis}: empty list of values")
-            axes.append((axis, [(v, {axis: v}) for v in values], False))
-        elif isinstance(values, dict):
-            if not values:
-                raise StudyError(f"{where}.{axis}: empty mapping of labels")
-            opts = []
-            for label, ov in values.items():
-                if ov is not None and not isinstance(ov, dict):
-                    raise StudyError(f"{where}.{axis}.{label}: must be a mapping of config overrides")
-                opts.append((label, _flatten(ov or {}, f"{where}.{axis}.{label}")))
-            axes.append((axis, opts, True))
-        else:
-            raise StudyError(f"{where}.{axis}: must be a list of values or a mapping label -> overrides "
-                             f"(got {type(values).__name__})")
-    return axes
-
-
-def _expand(axes, cells: Any, where: str) -> tuple[list[str], list[tuple[dict, dict]]]:
-    """All cells as ``(labels, overrides)``: the grid's product, then the explicit cells."""
-    named = {a: dict(opts) for a, opts, is_named in axes if is_named}
-    columns = [a for a, _, _ in axes]
-    out: list[tuple[dict, dict]] = []
-    if axes:
-        for combo in itertools.product(*[opts for _, opts, _ in axes]):
-            labels, ov = {}, {}
-            for (axis, _, _), (label, o) in zip(axes, combo):
-                labels[axis] = label
-                ov.update(o)
-            out.append((labels, ov))
-    if cells is None:
-        cells = []
-    if not isinstance(cells, list):
-        raise StudyError(f"{where}: must be a list of mappings of overrides")
-    for i, c in enumerate(cells):
-        here = f"{where}[{i}]"
-        if not isinstance(c, dict):
-            raise StudyError(f"{here}: must be a mapping of overrides")
-        labels, ov = {}, {}
-        for key, v in c.items():
-            key = str(key)
-            if key in named:
-                if v not in named[key]:
-                    raise StudyError(f"{here}: {key}={v!r} is not a label of that axis; choose one of: "
-                                     f"{', '.join(map(str, named[key]))}")
-                labels[key] = v
-                ov.update(named[key][v])
-            elif isinstance(v, dict):
-                flat = _flatten(v, here, key + ".")
-                labels.update(flat)
-                ov.update(flat)
-            else:
-                if key in RESERVED_CONFIG_KEYS:
-                    raise StudyError(f"{here}: '{key}' is set by the study (per cell)")
-                labels[key] = v
-                ov[key] = v
-        for key in labels:
-            if key not in columns:
-                columns.append(key)
-        out.append((labels, ov))
-    return columns, out
-
-
-def _slug_value(v: Any) -> str:
-    if isinstance(v, bool):
-        s = "true" if v else "false"
-    elif v is None:
-        s = "null"
-    elif isinstance(v, (list, tuple)):
-        s = "+".join(_slug_value(x) for x in v)
-    else:
-        s = str(v)
-        if "/" in s:  # a path: its last part
-            s = s.rstrip("/").rsplit("/", 1)[-1]
-    s = re.sub(r"[^A-Za-z0-9._+-]+", "-", s).strip("-.")
-    return s or "x"
-
-
-def _short_names(columns: Sequence[str]) -> dict[str, str]:
-    """Shortest dotted suffix of each column that no other column ends with (``peft.method`` -> ``method``)."""
-    out = {}
-    for c in columns:
-        parts = c.split(".")
-        for n in range(1, len(parts) + 1):
-            suffix = ".".join(parts[-n:])
-            if not any(o != c and (o == suffix or o.endswith("." + suffix)) for o in columns):
-                break
-        out[c] = suffix.replace(".", "-")
-    return out
-
-
-def _digest(words: Sequence[str], n: int = 6) -> str:
-    return hashlib.sha256("\n".join(words).encode()).hexdigest()[:n]
-
-
-def _cell_ids(columns: Sequence[str], cells: list[tuple[dict, dict]], words: list[list[str]]) -> list[str]:
-    short = _short_names(columns)
-    ids = []
-    for (labels, _), w in zip(cells, words):
-        cid = "_".join(f"{short[k]}-{_slug_value(v)}" for k, v in labels.items()) or "base"
-        if len(cid) > MAX_ID_CHARS:
-            cid = cid[:MAX_ID_CHARS - 7].rstrip("-_.") + "-" + _digest(w)
-        ids.append(cid)
-    seen: dict[str, list[int]] = {}
-    for i, cid in enumerate(ids):
-        seen.setdefault(cid, []).append(i)
-    for cid, idx in seen.items():
-        if len(idx) > 1:
-            if len({tuple(sorted(words[i])) for i in idx}) < len(idx):
-                raise StudyError(f"two cells have the same overrides ({cid}); remove one")
-            for i in idx:
-                ids[i] = f"{cid}-{_digest(words[i])}"
-    return ids
+    @property
+    def main_cells(self) -> list[Cell]:
+        """The cells summarised per arm (all but the sweep cells), in order."""
+        return [c for c in self.cells if c.kind == "main"]
 
 
 def _read_yaml(path: Path) -> dict:
@@ -278,21 +145,7 @@ def _parse_cli_words(words: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     return study, config
 
 
-def load_study(path: str | Path, argv: Sequence[str] = ()) -> Study:
-    """Read a study YAML (plus command-line words), expand its cells and validate every cell's config.
-
-    Raises:
-        StudyError: one line naming the file and key (or the cell and config key) that is wrong.
-    """
-    path = Path(path)
-    data = _read_yaml(path)
-    unknown = [k for k in data if k not in STUDY_KEYS]
-    if unknown:
-        raise StudyError(f"study file {path}: unknown key '{unknown[0]}'; valid keys: {', '.join(STUDY_KEYS)}")
-    cli_study, cli_config = _parse_cli_words(argv)
-    data.update(cli_study)
-    where = f"study file {path}"
-
+def _scalars(data: dict, path: Path, where: str) -> dict[str, Any]:
     name = data.get("name") or path.stem
     if not isinstance(name, str) or "/" in name or name in (".", ".."):
         raise StudyError(f"{where}: name={name!r} must be a folder name without '/'")
@@ -309,29 +162,142 @@ def load_study(path: str | Path, argv: Sequence[str] = ()) -> Study:
     base_config = data.get("base_config")
     if base_config is not None and not isinstance(base_config, str):
         raise StudyError(f"{where}: base_config must be a path")
-    out_dir = Path(str(data.get("out_dir") or Path("runs") / "study" / name))
+    return dict(name=name, ranks=ranks, base_config=base_config,
+                target_acc=None if target is None else float(target),
+                timeout_s=None if timeout is None else float(timeout),
+                out_dir=Path(str(data.get("out_dir") or Path("runs") / "study" / name)))
 
-    base = _base_words(data.get("base"), f"{where}: base")
-    columns, expanded = _expand(_axes(data.get("grid"), f"{where}: grid"), data.get("cells"),
-                                f"{where}: cells")
+
+def _add_seeds(expanded: list[tuple[dict, dict]], base: list[str], seeds: list[int], seed_keys: tuple[str, ...],
+               where: str) -> list[tuple[dict, dict]]:
+    """Every cell once per seed: label ``seed``, overrides ``<seed key>=<seed>`` for each seed key."""
+    for key in seed_keys:
+        if any(w.split("=", 1)[0] == key for w in base) or any(key in ov for _, ov in expanded):
+            raise StudyError(f"{where}: seeds: '{key}' is also set in base, grid or cells; set it in one place")
+    if any(SEED_AXIS in labels for labels, _ in expanded):
+        raise StudyError(f"{where}: seeds: an axis or cell key is already called '{SEED_AXIS}'")
+    return [({**labels, SEED_AXIS: s}, {**ov, **{k: s for k in seed_keys}})
+            for labels, ov in expanded for s in seeds]
+
+
+def _arms(columns: list[str], expanded: list[tuple[dict, dict]], drop: set[str]) -> tuple[list[str], dict, dict]:
+    """Each cell's arm id, and arm id -> labels / overrides (both without the seed)."""
+    keyed: dict[tuple, tuple[dict, dict]] = {}
+    per_cell = []
+    for labels, ov in expanded:
+        a_labels = {k: v for k, v in labels.items() if k not in drop}
+        a_ov = {k: v for k, v in ov.items() if k not in drop}
+        key = tuple(sorted((k, repr(v)) for k, v in a_labels.items()))  # the order of a cell's keys is free
+        keyed.setdefault(key, (a_labels, a_ov))
+        per_cell.append(key)
+    arm_list = list(keyed.values())
+    ids = cell_ids([c for c in columns if c not in drop], arm_list, [to_words(ov) for _, ov in arm_list])
+    by_key = dict(zip(keyed, ids))
+    return ([by_key[k] for k in per_cell], {i: lab for i, (lab, _) in zip(ids, arm_list)},
+            {i: ov for i, (_, ov) in zip(ids, arm_list)})
+
+
+def _sweep_cells(sweeps: list[LrSweep], arm_ov: dict[str, dict], arms: dict[str, dict],
+                 seed_keys: tuple[str, ...]) -> list[Cell]:
+    out = []
+    for sw in sweeps:
+        short = sw.key.rsplit(".", 1)[-1]
+        for arm in sw.arms:
+            for v in sw.values:
+                for s in (sw.seeds if sw.seeds is not None else (None,)):
+                    ov = {**arm_ov[arm], **({} if s is None else {k: s for k in seed_keys})}
+                    if sw.rounds is not None:
+                        ov["fl.rounds"] = sw.rounds
+                    ov[sw.key] = v
+                    words = to_words(ov)
+                    cid = f"{SWEEP_PREFIX}{arm}_{short}-{slug_value(v)}" + ("" if s is None else f"_seed-{s}")
+                    if len(cid) > MAX_ID_CHARS:
+                        cid = cid[:MAX_ID_CHARS - 7].rstrip("-_.") + "-" + digest(words)
+                    labels = {**arms[arm], sw.key: v, **({} if s is None else {SEED_AXIS: s})}
+                    out.append(Cell(cid, words, labels, arm=arm, seed=s, kind="sweep"))
+    return out
+
+
+def load_study(path: str | Path, argv: Sequence[str] = ()) -> Study:
+    """Read a study YAML (plus command-line words), expand its cells (grid × seeds, extra cells, sweep cells),
+    group them into arms, parse its claims and sweeps, and validate every cell's config.
+
+    Main cells of a swept arm are validated with the sweep's first value until
+    :func:`hpcfed.study.sweep.resolve_sweeps` sets the picked one (they are :attr:`Cell.blocked` till then).
+
+    Raises:
+        StudyError: one line naming the file and key (or the cell and config key) that is wrong.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    unknown = [k for k in data if k not in STUDY_KEYS]
+    if unknown:
+        raise StudyError(f"study file {path}: unknown key '{unknown[0]}'; valid keys: {', '.join(STUDY_KEYS)}")
+    cli_study, cli_config = _parse_cli_words(argv)
+    data.update(cli_study)
+    where = f"study file {path}"
+    scalars = _scalars(data, path, where)
+    seeds = design.parse_seeds(data.get("seeds"), where)
+    seed_keys = design.parse_seed_keys(data.get("seed_keys"), where)
+
+    base = base_words(data.get("base"), f"{where}: base")
+    columns, expanded = expand_cells(parse_axes(data.get("grid"), f"{where}: grid"), data.get("cells"),
+                                     f"{where}: cells")
     if not expanded:
         raise StudyError(f"{where}: no cells (give a grid and/or cells)")
-    cell_words = [_words(ov) for _, ov in expanded]
-    ids = _cell_ids(columns, expanded, cell_words)
-    study = Study(name=name, path=path, base_config=base_config, base_words=base, axes=columns,
-                  cells=[Cell(cid, w, labels) for cid, w, (labels, _) in zip(ids, cell_words, expanded)],
-                  target_acc=None if target is None else float(target), ranks=ranks, out_dir=out_dir,
-                  timeout_s=None if timeout is None else float(timeout), cli_words=cli_config)
+    if seeds is not None:
+        expanded = _add_seeds(expanded, base, seeds, seed_keys, where)
+        columns.append(SEED_AXIS)
+    cell_words = [to_words(ov) for _, ov in expanded]
+    ids = cell_ids(columns, expanded, cell_words)
+    arm_of, arms, arm_ov = _arms(columns, expanded, {SEED_AXIS, *seed_keys})
+    cells = [Cell(cid, w, labels, arm=arm, seed=labels.get(SEED_AXIS))
+             for cid, w, (labels, _), arm in zip(ids, cell_words, expanded, arm_of)]
+    sweeps = design.parse_sweeps(data.get("lr_sweep"), arms, seeds, where)
+    sweep_cells = _sweep_cells(sweeps, arm_ov, arms, seed_keys)
+    taken = {c.id for c in cells}
+    for c in sweep_cells:
+        if c.id in taken:
+            raise StudyError(f"{where}: lr_sweep: two cells have the id {c.id}")
+        taken.add(c.id)
+    for sw in sweeps:
+        if sw.key not in columns:
+            columns.append(sw.key)
+        for c in cells:
+            if c.arm in sw.arms:
+                c.chosen = {sw.key: sw.values[0]}
+                c.blocked = f"the lr sweep of arm {c.arm} is not resolved yet"
+    claims = design.parse_claims(data.get("claims"), arms, where)
+    metrics = design.parse_metrics(data.get("metrics"), where)
+    metrics += tuple(m for m in dict.fromkeys(c.metric for c in claims) if m not in metrics)
+    study = Study(name=scalars["name"], path=path, base_config=scalars["base_config"], base_words=base,
+                  axes=columns, cells=sweep_cells + cells, target_acc=scalars["target_acc"],
+                  ranks=scalars["ranks"], out_dir=scalars["out_dir"], timeout_s=scalars["timeout_s"],
+                  cli_words=cli_config, seeds=seeds, arms=arms, metrics=metrics, claims=claims, sweeps=sweeps)
     for cell in study.cells:
-        try:
-            cell.cfg = load_run_config(cell_argv(study, cell))  # the schema and the registries' names
-        except ConfigError as e:
-            raise StudyError(f"{where}: cell {cell.id}: {e}") from None
+        validate_cell(study, cell)
+        if cell.seed is None:
+            cell.seed = cell.cfg.seed
     return study
 
 
+def validate_cell(study: Study, cell: Cell) -> None:
+    """Load the cell's effective config (the schema and the registries' names) into :attr:`Cell.cfg`.
+
+    Raises:
+        StudyError: the config is invalid (one line naming the study file, the cell and the key).
+    """
+    try:
+        cell.cfg = load_run_config(cell_argv(study, cell))
+    except ConfigError as e:
+        raise StudyError(f"study file {study.path}: cell {cell.id}: {e}") from None
+
+
 def cell_argv(study: Study, cell: Cell) -> list[str]:
-    """The ``hpcfed.main`` words of a cell (also what validation loads)."""
+    """The ``hpcfed.main`` words of a cell (also what validation loads): ``config=<base_config>``,
+    ``progress=false``, base, the cell's own words, its swept value, the command line's overrides, then
+    ``name=<cell id> out_dir=<study out_dir>``."""
     words = [f"config={study.base_config}"] if study.base_config else []
-    return [*words, "progress=false", *study.base_words, *cell.words, *study.cli_words, f"name={cell.id}",
-            f"out_dir={study.out_dir}"]
+    chosen = [f"{k}={format_value(v)}" for k, v in cell.chosen.items()]
+    return [*words, "progress=false", *study.base_words, *cell.words, *chosen, *study.cli_words,
+            f"name={cell.id}", f"out_dir={study.out_dir}"]

@@ -222,7 +222,7 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("HPCFED_DATA", str(tmp_path / "no_data_here"))
     files = sorted((REPO / "configs" / "study").glob("*.yaml"))
-    assert {f.name for f in files} >= {"sst2_methods.yaml", "cifar10_init.yaml"}
+    assert {f.name for f in files} >= {"sst2_methods.yaml", "cifar10_init.yaml", "sst2_claims.yaml"}
     studies = {f.stem: st.load_study(f.relative_to(REPO)) for f in files}
 
     sst2 = studies["sst2_methods"]
@@ -241,6 +241,18 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
             ("image", "timm_vit", 64, 4, 4, 4)
         assert m.pretrained == (c.labels["init"] != "random") and c.cfg.data.alpha == 0.1
     assert {c.cfg.fl.mode for c in cifar.cells} == {"federated", "centralized"}
+    assert [len([c for c in cifar.cells if c.arm == a]) for a in cifar.arms].count(2) == 3  # the seed-1 cells
+
+    claims = studies["sst2_claims"]  # seeds, per-arm lr sweeps, claims
+    assert claims.seeds == [0, 1, 2, 3, 4] and list(claims.arms) == ["method-bias", "method-lora", "method-head"]
+    sweep = [c for c in claims.cells if c.kind == "sweep"]
+    assert len(sweep) == 6 and len(claims.main_cells) == 15 and claims.cells[:6] == sweep
+    assert {(c.arm, c.cfg.fl.rounds, c.cfg.seed) for c in sweep} == {
+        (a, 3, 0) for a in ("method-bias", "method-lora")}
+    assert all(c.blocked for c in claims.main_cells if c.arm != "method-head")
+    assert [(c.a, c.b, c.direction) for c in claims.claims] == [
+        ("method-lora", "method-bias", "greater"), ("method-bias", "method-head", "greater"),
+        ("method-lora", "method-head", "greater")]
     for s in studies.values():
         ids = [c.id for c in s.cells]
         assert len(set(ids)) == len(ids) and all(st.re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
