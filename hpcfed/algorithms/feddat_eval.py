@@ -23,7 +23,8 @@ def evaluate_feddat(algo: "FedDAT", loop: "FederatedLoop") -> dict[str, Any]:
     * ``{dat,ac,as}_local_acc`` / ``_loss``: DAT, A_C-only and A_S-only, each with the client's own head
       (``head=personal``), on each evaluated client's held-out split, mean over clients
       (``*_local_acc_pooled``: over examples) — the reference code's per-client evaluation;
-      ``variant=single`` reports ``as_*`` only;
+      ``variant=single`` reports ``as_*`` only; ``personal_local_*`` is the method's personalised model (the
+      DAT, or A_S with the client's head under ``single``), the number to compare the two variants on;
     * ``test_acc`` / ``test_loss``: A_S on the global test split — with ``head=shared`` the global model
       θ_global; with ``head=personal`` (no global head exists) the mean over the first
       max(1, ``eval_test_clients``) evaluated clients of A_S with each one's head (before any client
@@ -86,6 +87,11 @@ def evaluate_feddat(algo: "FedDAT", loop: "FederatedLoop") -> dict[str, Any]:
         out[f"{names[m]}_local_loss"] = float((s[:, 0] / s[:, 2]).mean())
         out[f"{names[m]}_local_acc_pooled"] = float(s[:, 1].sum() / s[:, 2].sum())
     out["eval_clients"] = int(has.sum())
+    # the method's personalised model, comparable across variants: the DAT, or A_S with its head (single)
+    pm = "dat" if algo.dat else "as"
+    for suffix in ("acc", "loss", "acc_pooled"):
+        if f"{pm}_local_{suffix}" in out:
+            out[f"personal_local_{suffix}"] = out[f"{pm}_local_{suffix}"]
     for j, m in enumerate(test_modes):
         s = test[:k_test, j]
         n = s[:, 2].clamp_min(1)

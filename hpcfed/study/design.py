@@ -10,8 +10,9 @@ Pure parsing of the YAML values; :mod:`hpcfed.study.spec` calls it, :mod:`hpcfed
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hpcfed.study.errors import StudyError
 from hpcfed.study.stats import DIRECTIONS
@@ -98,15 +99,23 @@ def parse_seed_keys(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def metric_name(raw: Any, where: str) -> str:
-    """A metric column name (``final test_acc`` is read as ``final_test_acc``).
+    """A metric column name (``final test_acc`` is read as ``final_test_acc``): one of :data:`NUMERIC_METRICS`,
+    or ``final_<key>`` — the last value of any metric ``<key>`` the runs write to ``metrics.jsonl`` (e.g.
+    ``final_dat_local_acc`` of FedDAT).
 
     Raises:
-        StudyError: not one of :data:`NUMERIC_METRICS`.
+        StudyError: neither.
     """
     name = "_".join(str(raw).split())
-    if name not in NUMERIC_METRICS:
-        raise StudyError(f"{where}={raw!r} is not a metric; choose one of: {', '.join(NUMERIC_METRICS)}")
+    if name not in NUMERIC_METRICS and not re.fullmatch(r"final_[A-Za-z0-9_]+", name):
+        raise StudyError(f"{where}={raw!r} is not a metric; choose one of: {', '.join(NUMERIC_METRICS)}, "
+                         "or final_<any key of metrics.jsonl>")
     return name
+
+
+def extra_metric_columns(metrics: Sequence[str]) -> list[str]:
+    """The ``final_<key>`` metrics beyond :data:`METRIC_COLUMNS` (table columns of their own)."""
+    return [m for m in metrics if m not in METRIC_COLUMNS]
 
 
 def parse_metrics(raw: Any, where: str) -> tuple[str, ...]:

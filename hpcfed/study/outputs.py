@@ -15,7 +15,7 @@ from typing import Any, Optional
 from hpcfed.atomic import atomic_write_text
 from hpcfed.config import Config
 from hpcfed.runlog import read_metrics
-from hpcfed.study.design import METRIC_COLUMNS
+from hpcfed.study.design import METRIC_COLUMNS, extra_metric_columns
 from hpcfed.study.spec import Cell, Study
 
 RECORD_FILE = "study_cell.json"
@@ -82,7 +82,7 @@ def collect(study: Study, cell: Cell) -> tuple[dict, dict]:
     row: dict[str, Any] = {"cell": cell.id}
     for axis in study.axes:
         row[axis] = cell.labels[axis] if axis in cell.labels else _select(cell.cfg, axis)
-    row.update({k: None for k in METRIC_COLUMNS})
+    row.update({k: None for k in (*METRIC_COLUMNS, *extra_metric_columns(study.metrics))})
     local_only = cell.cfg.fl.mode == "local_only"
     curve: dict[str, Any] = {"rounds": [], "acc": [], "cum_bytes": [], "local_only": local_only}
     rec = read_json(d / RECORD_FILE) or {}
@@ -114,6 +114,9 @@ def collect(study: Study, cell: Cell) -> tuple[dict, dict]:
     if curve["acc"]:
         row["final_test_acc"] = round(curve["acc"][-1], 4)
         row["best_test_acc"] = round(max(curve["acc"]), 4)
+    for col in extra_metric_columns(study.metrics):  # final_<key>: the last value the run reported
+        vals = [m[col[len("final_"):]] for m in metrics if isinstance(m.get(col[len("final_"):]), (int, float))]
+        row[col] = round(float(vals[-1]), 4) if vals else None
     if local_only:
         row["bytes_per_round"] = 0  # nothing is communicated
         lta = metrics[-1].get("local_test_acc") if metrics else None

@@ -13,7 +13,7 @@ import io
 from typing import Any
 
 from hpcfed.atomic import atomic_path
-from hpcfed.study.design import METRIC_COLUMNS
+from hpcfed.study.design import METRIC_COLUMNS, extra_metric_columns
 from hpcfed.study.outputs import atomic_write, cell_text, collect
 from hpcfed.study.spec import Study
 from hpcfed.study.summary import write_summary
@@ -24,7 +24,7 @@ __all__ = ["METRIC_COLUMNS", "collect", "columns", "report", "write_plots", "wri
 
 def columns(study: Study) -> list[str]:
     """``results.csv`` columns: ``cell``, the axis columns, then :data:`METRIC_COLUMNS`."""
-    return ["cell", *study.axes, *METRIC_COLUMNS]
+    return ["cell", *study.axes, *METRIC_COLUMNS, *extra_metric_columns(study.metrics)]
 
 
 def write_table(study: Study, rows: list[dict]) -> None:

@@ -244,9 +244,17 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     assert [len([c for c in cifar.cells if c.arm == a]) for a in cifar.arms].count(2) == 3  # the seed-1 cells
 
     claims = studies["sst2_claims"]  # seeds, per-arm lr sweeps, claims
-    assert claims.seeds == [0, 1, 2, 3, 4] and list(claims.arms) == ["method-bias", "method-lora", "method-head"]
+    assert claims.seeds == [0, 1, 2] and list(claims.arms) == ["method-bias", "method-lora", "method-head"]
     sweep = [c for c in claims.cells if c.kind == "sweep"]
-    assert len(sweep) == 6 and len(claims.main_cells) == 15 and claims.cells[:6] == sweep
+    assert len(sweep) == 6 and len(claims.main_cells) == 9 and claims.cells[:6] == sweep
+    assert all(c.cfg.data.seed == c.cfg.seed and not c.cfg.fl.local.bf16 for c in claims.main_cells)
+
+    feddat = studies["feddat_vs_fedavg"]  # a final_<key> metric of the method's own, paired by seed
+    assert len(feddat.cells) == 12 and feddat.metrics[0] == "final_personal_local_acc"
+    assert {(c.cfg.fl.algo["variant"], c.cfg.data.alpha) for c in feddat.cells} == {
+        (v, a) for v in ("dat", "single") for a in (0.1, 1.0)}
+    assert [(c.a, c.b) for c in feddat.claims] == [("variant-dat_alpha-a0.1", "variant-single_alpha-a0.1"),
+                                                   ("variant-dat_alpha-a1.0", "variant-single_alpha-a1.0")]
     assert {(c.arm, c.cfg.fl.rounds, c.cfg.seed) for c in sweep} == {
         (a, 3, 0) for a in ("method-bias", "method-lora")}
     assert all(c.blocked for c in claims.main_cells if c.arm != "method-head")

@@ -290,3 +290,14 @@ def test_sweep_pick_rules(tmp_path):
     st.resolve_sweeps(s)
     assert s.chosen == {"method-lora": 0.1, "method-bias": 0.2}  # goal: min
     assert json.loads((s.out_dir / st.SWEEP_FILE).read_text())["arms"]["method-bias"]["chosen"] == 0.2
+
+
+def test_final_key_metrics_name_any_reported_metric():
+    """``final_<key>``: the last value of a metric the runs report (e.g. FedDAT's personalised accuracy); it gets
+    a table column of its own; anything else must be one of the built-in columns."""
+    from hpcfed.study import design
+
+    assert design.metric_name("final personal_local_acc", "m") == "final_personal_local_acc"
+    assert design.extra_metric_columns(("final_test_acc", "final_dat_local_acc")) == ["final_dat_local_acc"]
+    with pytest.raises(st.StudyError, match="final_<any key of metrics.jsonl>"):
+        design.metric_name("dat_local_acc", "m")
