@@ -71,6 +71,7 @@ from torch import nn
 
 from hpcfed.config import Config, ConfigError
 from hpcfed.data import ClientData
+from hpcfed.algorithms import feddat_eval
 from hpcfed.algorithms.kd import mkd_loss
 from hpcfed.algorithms.registry import register
 from hpcfed.fl.algorithm import Algorithm
@@ -426,20 +427,12 @@ class FedDAT(Algorithm):
 
     # -- evaluation ------------------------------------------------------------------------------------
     def eval_clients(self, loop: FederatedLoop) -> list[int]:
-        """The clients of the personalised evaluation: the lowest ids among those in a cohort of rounds
-        1.. current (the same list in every process), at most ``eval_clients``."""
-        from hpcfed.fl.sampling import cohort_for_round
-
-        seen: set[int] = set()
-        for r in range(1, self.round_idx + 1):
-            seen.update(cohort_for_round(loop.cfg.seed, r, loop.dataset.num_clients, loop.cfg.fl.cohort_size))
-        return sorted(seen)[: self.params.eval_clients]
+        """The clients of the personalised evaluation (:func:`hpcfed.algorithms.feddat_eval.eval_clients`)."""
+        return feddat_eval.eval_clients(loop, self.round_idx, self.params.eval_clients)
 
     def evaluate(self, loop: FederatedLoop) -> dict[str, Any]:
         """Global and personalised metrics; see :func:`hpcfed.algorithms.feddat_eval.evaluate_feddat`."""
-        from hpcfed.algorithms.feddat_eval import evaluate_feddat
-
-        return evaluate_feddat(self, loop)
+        return feddat_eval.evaluate_feddat(self, loop)
 
     def on_restore(self, loop: FederatedLoop, rounds_done: int) -> None:
         """Evaluate as after round ``rounds_done``: clients' A_C and heads are read from the run's store as of

@@ -10,11 +10,21 @@ import torch
 
 from hpcfed.fl.baselines import split_holdout
 from hpcfed.fl.client import evaluate
+from hpcfed.fl.sampling import cohort_for_round
 from hpcfed.peft.dual_adapter import Mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpcfed.algorithms.feddat import FedDAT
     from hpcfed.fl.loop import FederatedLoop
+
+
+def eval_clients(loop: "FederatedLoop", round_idx: int, max_clients: int) -> list[int]:
+    """The clients of the personalised evaluation: the lowest ids among those in a cohort of rounds
+    1..``round_idx`` (the same list in every process), at most ``max_clients``."""
+    seen: set[int] = set()
+    for r in range(1, round_idx + 1):
+        seen.update(cohort_for_round(loop.cfg.seed, r, loop.dataset.num_clients, loop.cfg.fl.cohort_size))
+    return sorted(seen)[:max_clients]
 
 
 def evaluate_feddat(algo: "FedDAT", loop: "FederatedLoop") -> dict[str, Any]:
