@@ -1,5 +1,5 @@
-"""Multi-task model surgery for FedYolo (Kim et al., "FedYolo: Augmenting Federated Learning with Pretrained
-Transformers", 2023, arXiv:2307.04905): one PEFT module and one head per task on one frozen backbone, a switch
+"""Multi-task model surgery for FedYolo (Zhang, Li, Chang, Chen, Roy-Chowdhury, Suresh, Oymak, "FedYolo:
+Augmenting Federated Learning with Pretrained Transformers", arXiv:2307.04905, 2023): one PEFT module and one head per task on one frozen backbone, a switch
 that selects the task a forward pass computes, and the flat-buffer layout ``[shared | M_0, h_0 | M_1, h_1 ...]``
 whose per-task segments the method masks. Nothing here knows about FL or processes
 (:mod:`hpcfed.algorithms.fedyolo` is the method).
