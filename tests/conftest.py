@@ -152,3 +152,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("tests by folder")
         for folder, c in sorted(by_folder.items()):
             terminalreporter.write_line(f"{folder}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
+
+
+def fail_client(loop, cid: int, message: str) -> None:
+    """Make client ``cid``'s local update raise ``RuntimeError(message)`` in ``loop`` (the others train as usual)."""
+    update = loop.algorithm.local_update
+
+    def local_update(trainer, theta, data, seed, client_id):
+        if client_id == cid:
+            raise RuntimeError(message)
+        return update(trainer, theta, data, seed, client_id)
+
+    loop.algorithm.local_update = local_update

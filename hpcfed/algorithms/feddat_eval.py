@@ -62,7 +62,8 @@ def evaluate_feddat(algo: "FedDAT", loop: "FederatedLoop") -> dict[str, Any]:
     algo.load_global_copy(loop.theta_global)
     local = torch.zeros(len(cids), len(modes), 3, dtype=torch.float64, device=dev)  # [loss, correct, n]
     test = torch.zeros(max(k_test, 1), max(len(test_modes), 1), 3, dtype=torch.float64, device=dev)
-    saved = [f.data.clone() for f in (algo.client_flat, algo.head_flat) if f is not None]
+    own = [f for f in (algo.client_flat, algo.head_flat) if f is not None]  # the client's state, restored after
+    saved = [f.data.clone() for f in own]
     try:
         my_share = set(comm.share(range(len(cids))))  # this process evaluates these clients
         for i, cid in enumerate(cids):
@@ -82,7 +83,7 @@ def evaluate_feddat(algo: "FedDAT", loop: "FederatedLoop") -> dict[str, Any]:
                         test[i, j] = evaluate(loop.model, loop.test_data, dev, batch_size=bs, bf16=bf16,
                                               shard=comm.shard)
     finally:
-        for f, d in zip([f for f in (algo.client_flat, algo.head_flat) if f is not None], saved):
+        for f, d in zip(own, saved):
             f.data.copy_(d)
     comm.all_reduce_sum(local, tag="eval")
     if k_test:

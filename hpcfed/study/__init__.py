@@ -44,8 +44,6 @@ differences, the verdict rule), :mod:`~hpcfed.study.summary` (per-arm and per-cl
 
 from __future__ import annotations
 
-import re  # noqa: F401  (kept reachable as hpcfed.study.re, as when this was one module; tests use it)
-
 from hpcfed.runlog import METRICS_FILE, read_metrics
 from hpcfed.study.cli import COMMANDS, cli, list_cells, parse_cells, select_cells
 from hpcfed.study.design import METRIC_COLUMNS, NUMERIC_METRICS, Claim, LrSweep

@@ -10,19 +10,13 @@ import sys
 
 import torch
 
-from hpcfed.config import load_config
-from hpcfed.dist import CountingComm, init_runtime, make_comm
+from _worker import start  # the script's folder is on sys.path
 from hpcfed.algorithms import fedpft_submodel as sm
-from hpcfed.compose import build_loop, quiet_libraries
 
 
 def main() -> None:
     prefix = sys.argv[1]
-    quiet_libraries()
-    cfg = load_config(sys.argv[2:])
-    rt = init_runtime(device="cpu", backend="gloo", timeout_s=120, num_threads=1)
-    comm = CountingComm(make_comm())
-    loop, ds = build_loop(cfg, rt, comm)
+    rt, comm, loop, ds = start(sys.argv[2:])
     alg = loop.algorithm
     sub0 = sm.pack_params(sm.distilled_params(loop.model.backbone, alg.layers)).clone()  # after stage 1
     state = loop.run()

@@ -19,17 +19,24 @@ from hpcfed.dist import CountingComm, init_runtime, make_comm
 from hpcfed.compose import build_loop, quiet_libraries
 
 
+def start(words):
+    """The job of config words ``words`` on this rank (gloo, 1 thread) behind a counting communicator:
+    (runtime, comm, loop, dataset). Shared by the worker scripts of tests/multirank."""
+    quiet_libraries()
+    cfg = load_config(list(words))
+    rt = init_runtime(device="cpu", backend="gloo", timeout_s=120, num_threads=1)
+    comm = CountingComm(make_comm())
+    loop, ds = build_loop(cfg, rt, comm)
+    return rt, comm, loop, ds
+
+
 def _elements(mask, n: int) -> int:
     return n if mask is None else int(mask.count_nonzero())
 
 
 def main() -> None:
     out = sys.argv[1]
-    quiet_libraries()
-    cfg = load_config(sys.argv[2:])
-    rt = init_runtime(device="cpu", backend="gloo", timeout_s=120, num_threads=1)
-    comm = CountingComm(make_comm())
-    loop, ds = build_loop(cfg, rt, comm)
+    rt, comm, loop, ds = start(sys.argv[2:])
     theta0 = loop.theta_global.clone()
 
     n = loop.flat.numel

@@ -9,6 +9,7 @@ from hpcfed.config import load_config
 from hpcfed.dist import LocalComm
 from hpcfed.fl.loop import RunStopped
 from hpcfed.compose import build_loop
+from tests.conftest import fail_client
 
 
 class _Rt:
@@ -27,14 +28,7 @@ def test_failed_client_is_dropped_exactly(toy_text):
     a = _loop(toy_text)
     cohort = a.my_clients(1)
     bad = cohort[1]
-    orig = a.algorithm.local_update
-
-    def failing(trainer, theta, data, seed, cid):
-        if cid == bad:
-            raise RuntimeError("disk on fire")
-        return orig(trainer, theta, data, seed, cid)
-
-    a.algorithm.local_update = failing
+    fail_client(a, bad, "disk on fire")
     ma = a.run_round(1)
     assert ma["clients_failed"] == 1 and ma["clients"] == len(cohort) - 1
     assert a.failures == [(1, bad, "RuntimeError: disk on fire")]

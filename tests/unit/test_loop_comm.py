@@ -11,6 +11,7 @@ from hpcfed.config import load_config
 from hpcfed.dist import CountingComm, LocalComm
 from hpcfed.fl.aggregate import STATS
 from hpcfed.compose import build_loop
+from tests.conftest import fail_client
 
 
 class _Rt:
@@ -43,14 +44,7 @@ def test_bytes_follow_the_client_masks(toy_text, monkeypatch):
     loop.algorithm.client_mask = lambda cid: masks[cid]
     cohort = loop.my_clients(1)
     bad = cohort[0]
-    update = loop.algorithm.local_update
-
-    def local_update(trainer, theta, data, seed, cid):
-        if cid == bad:
-            raise RuntimeError("client lost")
-        return update(trainer, theta, data, seed, cid)
-
-    loop.algorithm.local_update = local_update
+    fail_client(loop, bad, "client lost")
     folded = []
     accumulate = kernels.masked_accumulate
     monkeypatch.setattr(kernels, "masked_accumulate", lambda acc, cnt, tc, tg, w, mask=None, **kw: (

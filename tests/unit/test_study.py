@@ -3,6 +3,7 @@ resumption, failure recording, the table's values, and the shipped study configs
 
 import csv
 import json
+import re
 import logging
 import sys
 from pathlib import Path
@@ -263,4 +264,4 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
         ("method-lora", "method-head", "greater")]
     for s in studies.values():
         ids = [c.id for c in s.cells]
-        assert len(set(ids)) == len(ids) and all(st.re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
+        assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
