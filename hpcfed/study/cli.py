@@ -3,7 +3,8 @@
 ``run`` (the default when the first word is the study file) runs the study, or only the cells chosen with
 ``--cells`` (indices as ``list`` prints them, e.g. a Slurm array's ``$SLURM_ARRAY_TASK_ID``) and/or ``--only``
 (cell ids, arm ids or shell patterns); ``report`` rebuilds the table, statistics and plots from disk;
-``list`` prints each cell's index, kind, id and status.
+``list`` prints each cell's index, kind, id and status; ``basin`` measures the loss barrier between pairs of
+finished cells named by the study's ``basin`` key (:mod:`hpcfed.study.basin`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hpcfed.study.runner import effective_cell_command, log, run_study
 from hpcfed.study.spec import Cell, Study, load_study
 from hpcfed.study.sweep import resolve_sweeps
 
-COMMANDS = ("run", "report", "list")
+COMMANDS = ("run", "report", "list", "basin")
 
 
 def parse_cells(spec: str, n: int) -> list[int]:
@@ -140,6 +141,11 @@ def _cli(command: str, args: argparse.Namespace, argv: list[str]) -> int:
         study.command = shlex.join(["python", "-m", "hpcfed.study", *argv])
         if command == "list":
             print("\n".join(list_cells(study)))
+            return 0
+        if command == "basin":
+            from hpcfed.study.basin import basin
+
+            print(basin(study, study.basin, log=log.info), end="")
             return 0
         if command == "report" or args.report:
             rows = report(study)

@@ -31,7 +31,13 @@ SEED_AXIS = "seed"
 
 @dataclass(frozen=True)
 class Claim:
-    """A claimed paired difference: ``metric(a) - metric(b)`` is > 0 (``greater``) or < 0 (``less``)."""
+    """A claimed paired difference: ``metric(a) - metric(b)`` is > 0 (``greater``) or < 0 (``less``).
+
+    With ``a_minus`` / ``b_minus`` it is a difference of differences (an interaction contrast), paired by seed:
+    ``(metric(a) - metric(a_minus)) - (metric(b) - metric(b_minus))``, an absent ``*_minus`` counting as 0.
+    E.g. "pre-training closes the federated-vs-centralized gap": ``a`` = centralized, ``a_minus`` = federated
+    (random init) against ``b`` = centralized, ``b_minus`` = federated (pre-trained), ``greater``.
+    """
 
     name: str
     a: str
@@ -40,6 +46,22 @@ class Claim:
     """Arm id."""
     metric: str
     direction: str
+    a_minus: Optional[str] = None
+    """Arm id subtracted from ``a`` seed by seed (None: nothing)."""
+    b_minus: Optional[str] = None
+    """Arm id subtracted from ``b`` seed by seed (None: nothing)."""
+
+    @property
+    def terms(self) -> tuple[tuple[str, float], ...]:
+        """``(arm, coefficient)`` pairs of the claimed quantity, e.g. ``((a, 1), (a_minus, -1), (b, -1))``."""
+        out = [(self.a, 1.0)] + ([(self.a_minus, -1.0)] if self.a_minus else [])
+        out += [(self.b, -1.0)] + ([(self.b_minus, 1.0)] if self.b_minus else [])
+        return tuple(out)
+
+    def side_text(self, side: str) -> str:
+        """``a`` or ``a − a_minus`` (``side`` is ``"a"`` or ``"b"``), for tables."""
+        arm, minus = (self.a, self.a_minus) if side == "a" else (self.b, self.b_minus)
+        return arm if not minus else f"{arm} − {minus}"
 
 
 @dataclass(frozen=True)
@@ -160,12 +182,13 @@ def _mapping(raw: Any, keys: tuple[str, ...], where: str) -> dict:
 
 
 def parse_claims(raw: Any, arms: dict[str, dict], where: str) -> list[Claim]:
-    """``claims``: a list of ``{name, a, b, metric (default final_test_acc), direction (greater | less)}``;
-    ``a`` and ``b`` each name exactly one arm.
+    """``claims``: a list of ``{name, a, b, a_minus, b_minus, metric (default final_test_acc), direction
+    (greater | less)}``; ``a``, ``b`` (and the optional ``a_minus`` / ``b_minus`` of a difference of
+    differences, :class:`Claim`) each name exactly one arm.
 
     Raises:
-        StudyError: a wrong shape, an unknown or ambiguous arm, ``a == b``, a bad metric or direction, or two
-            claims with one name (the message names ``claims[i].<key>``).
+        StudyError: a wrong shape, an unknown or ambiguous arm, an arm used twice in one claim, a bad metric or
+            direction, or two claims with one name (the message names ``claims[i].<key>``).
     """
     if raw is None:
         return []
@@ -174,26 +197,32 @@ def parse_claims(raw: Any, arms: dict[str, dict], where: str) -> list[Claim]:
     out: list[Claim] = []
     for i, c in enumerate(raw):
         here = f"{where}: claims[{i}]"
-        c = _mapping(c, ("name", "a", "b", "metric", "direction"), here)
-        ab = []
-        for side in ("a", "b"):
-            if side not in c:
-                raise StudyError(f"{here}.{side}: missing (an arm id or {{axis: label, ...}})")
+        c = _mapping(c, ("name", "a", "b", "a_minus", "b_minus", "metric", "direction"), here)
+        ab: dict[str, Optional[str]] = {}
+        for side in ("a", "b", "a_minus", "b_minus"):
+            if side not in c or c[side] is None:
+                if side in ("a", "b"):
+                    raise StudyError(f"{here}.{side}: missing (an arm id or {{axis: label, ...}})")
+                ab[side] = None
+                continue
             found = match_arms(c[side], arms, f"{here}.{side}")
             if len(found) > 1:
                 raise StudyError(f"{here}.{side}: {c[side]!r} matches {len(found)} arms ({', '.join(found)}); "
                                  f"add a label to pick one")
-            ab.append(found[0])
-        if ab[0] == ab[1]:
-            raise StudyError(f"{here}: a and b are the same arm ({ab[0]})")
+            ab[side] = found[0]
+        if ab["a"] == ab["b"]:
+            raise StudyError(f"{here}: a and b are the same arm ({ab['a']})")
+        used = [v for v in ab.values() if v]
+        if len(set(used)) < len(used):
+            raise StudyError(f"{here}: an arm appears twice among a, a_minus, b, b_minus ({', '.join(used)})")
         direction = c.get("direction", "greater")
         if direction not in DIRECTIONS:
             raise StudyError(f"{here}.direction={direction!r} is not valid; choose one of: {', '.join(DIRECTIONS)}")
-        name = str(c.get("name") or f"{ab[0]} vs {ab[1]}")
+        name = str(c.get("name") or f"{ab['a']} vs {ab['b']}")
         if any(o.name == name for o in out):
             raise StudyError(f"{here}.name: {name!r} is used by another claim")
-        out.append(Claim(name, ab[0], ab[1], metric_name(c.get("metric", "final_test_acc"), f"{here}.metric"),
-                         direction))
+        out.append(Claim(name, ab["a"], ab["b"], metric_name(c.get("metric", "final_test_acc"), f"{here}.metric"),
+                         direction, ab["a_minus"], ab["b_minus"]))
     return out
 
 

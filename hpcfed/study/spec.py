@@ -34,7 +34,7 @@ from hpcfed.study.expand import (
 )
 
 STUDY_KEYS = ("name", "base_config", "base", "grid", "cells", "seeds", "seed_keys", "lr_sweep", "claims",
-              "metrics", "target_acc", "ranks", "out_dir", "timeout_s")
+              "metrics", "target_acc", "ranks", "out_dir", "timeout_s", "basin")
 """Top-level keys of a study YAML."""
 CLI_STUDY_KEYS = ("name", "base_config", "target_acc", "ranks", "out_dir", "timeout_s", "seeds")
 """Study keys that a command-line ``key=value`` sets (every other word is a config override)."""
@@ -108,6 +108,8 @@ class Study:
     """Arm id -> the swept value picked for it (filled by :func:`hpcfed.study.sweep.resolve_sweeps`)."""
     sweep_entries: dict[str, dict] = field(default_factory=dict)
     """Arm id -> its ``lr_sweep.json`` entry (scores per value, the pick), once known."""
+    basin: Any = None
+    """The ``basin`` mapping as written (parsed by :func:`hpcfed.study.basin.parse_basin` when used)."""
 
     @property
     def main_cells(self) -> list[Cell]:
@@ -273,7 +275,8 @@ def load_study(path: str | Path, argv: Sequence[str] = ()) -> Study:
     study = Study(name=scalars["name"], path=path, base_config=scalars["base_config"], base_words=base,
                   axes=columns, cells=sweep_cells + cells, target_acc=scalars["target_acc"],
                   ranks=scalars["ranks"], out_dir=scalars["out_dir"], timeout_s=scalars["timeout_s"],
-                  cli_words=cli_config, seeds=seeds, arms=arms, metrics=metrics, claims=claims, sweeps=sweeps)
+                  cli_words=cli_config, seeds=seeds, arms=arms, metrics=metrics, claims=claims, sweeps=sweeps,
+                  basin=data.get("basin"))
     for cell in study.cells:
         validate_cell(study, cell)
         if cell.seed is None:

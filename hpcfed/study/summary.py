@@ -34,6 +34,16 @@ def arm_values(study: Study, rows: dict[str, dict], arm: str, metric: str) -> di
     return out
 
 
+def _side_values(study: Study, rows: dict[str, dict], arm: str, minus: Optional[str],
+                 metric: str) -> dict[int, float]:
+    """Seed -> ``metric(arm) - metric(minus)`` over the seeds both have (just ``metric(arm)`` without ``minus``)."""
+    a = arm_values(study, rows, arm, metric)
+    if minus is None:
+        return a
+    m = arm_values(study, rows, minus, metric)
+    return {s: a[s] - m[s] for s in a if s in m}
+
+
 def _arm_seeds(study: Study, arm: str) -> list[int]:
     return [c.seed for c in study.main_cells if c.arm == arm]
 
@@ -67,9 +77,9 @@ def claim_table(study: Study, rows: dict[str, dict]) -> list[dict]:
     """Per claim: the claim, its :class:`~hpcfed.study.stats.Paired` differences and the verdict."""
     out = []
     for cl in study.claims:
-        expected = set(_arm_seeds(study, cl.a)) | set(_arm_seeds(study, cl.b))
-        p = paired_differences(arm_values(study, rows, cl.a, cl.metric), arm_values(study, rows, cl.b, cl.metric),
-                               expected)
+        expected = set().union(*(_arm_seeds(study, arm) for arm, _ in cl.terms))
+        p = paired_differences(_side_values(study, rows, cl.a, cl.a_minus, cl.metric),
+                               _side_values(study, rows, cl.b, cl.b_minus, cl.metric), expected)
         out.append({"claim": cl, "paired": p, "verdict": verdict(p.estimate, cl.direction)})
     return out
 
@@ -111,7 +121,7 @@ def write_summary(study: Study, rows: list[dict]) -> list[str]:
          _seeds_text(sorted(e["values"][m])), _seeds_text(e["missing"])]
         for e in arms for m, est in e["estimates"].items()]))
     atomic_write(study.out_dir / "claims.csv", _csv(list(CLAIM_CSV_COLUMNS), [
-        [r["claim"].name, r["claim"].a, r["claim"].b, r["claim"].metric, r["claim"].direction,
+        [r["claim"].name, r["claim"].side_text("a"), r["claim"].side_text("b"), r["claim"].metric, r["claim"].direction,
          *_est_fields(r["paired"].estimate), _seeds_text(r["paired"].seeds), _seeds_text(r["paired"].missing_a),
          _seeds_text(r["paired"].missing_b), r["verdict"]] for r in claims]))
 
@@ -144,7 +154,7 @@ def write_summary(study: Study, rows: list[dict]) -> list[str]:
             missing = "; ".join(f"{side}: {_seeds_text(s)}" for side, s in (("a", p.missing_a), ("b", p.missing_b))
                                 if s)
             sign = ">" if cl.direction == "greater" else "<"
-            lines.append(f"| {cl.name} | {cl.a} | {cl.b} | {cl.metric} | a {sign} b | {est.n} | {diff} | {ci} | "
+            lines.append(f"| {cl.name} | {cl.side_text('a')} | {cl.side_text('b')} | {cl.metric} | a {sign} b | {est.n} | {diff} | {ci} | "
                          f"{missing} | **{r['verdict']}** |")
         lines.append("")
     return lines
