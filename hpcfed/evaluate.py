@@ -86,9 +86,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download (as hpcfed.main)
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # hub access: the run's model.allow_download
     from hpcfed.data import DataError
     from hpcfed.models import ModelError
     from hpcfed.peft import LayoutError

@@ -13,6 +13,7 @@ Loading never unpickles anything.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Optional
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from hpcfed.atomic import atomic_path
 from hpcfed.peft import FlatParams, LayoutError
 
+log = logging.getLogger(__name__)
 
 def save_peft(path: Path, flat: FlatParams, theta: Optional[torch.Tensor] = None, **metadata: str) -> Path:
     """Write ``theta`` (default: the flat buffer's values) as named tensors to ``path`` atomically."""
@@ -57,7 +59,10 @@ def load_peft(path: Path, flat: FlatParams) -> torch.Tensor:
 
 EXPORT_META = "export.json"
 STATE_FILE = "trainable.safetensors"
-EXPORT_VERSION = 1
+MODEL_DIR = "model"
+EXPORT_VERSION = 2
+MERGEABLE = ("bias", "head", "full", "lora")
+"""Methods whose trained model is the plain backbone with other weights (LoRA merged into them): exported whole."""
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -117,7 +122,13 @@ def export_peft(model: nn.Module, flat: FlatParams, theta: Optional[torch.Tensor
       names, e.g. ``blocks.0.adapter_attn.down.weight``, ``visual.prompt.embeddings``) and the head as
       ``head.weight`` / ``head.bias``; load with ``backbone.load_state_dict(sd, strict=False)`` after
       applying the same method;
-    * ``export.json``: method, family, files and the config hash.
+    * ``model/`` (unless ``checkpoint.export_model=false``; methods in :data:`MERGEABLE`: the plain architecture with merged weights; adapters and prompts
+      add modules the libraries' models do not have, so they are exported as trainable tensors only) — the whole
+      classifier, loadable in one call by the backbone's library (:func:`_export_whole_model`):
+      timm: ``timm.create_model("local-dir:EXPORT/model", pretrained=True)``; text: a sentence-transformers
+      folder, ``SentenceTransformer("EXPORT/model").encode(texts)`` gives the logits;
+    * ``export.json``: method, family, files, the config hash, ``model`` (folder and format) or
+      ``model_not_exported`` (why).
 
     Args:
         model, flat: the model with its PEFT method applied and its flat buffer.
@@ -153,10 +164,24 @@ def export_peft(model: nn.Module, flat: FlatParams, theta: Optional[torch.Tensor
             model.backbone.save_pretrained(str(tmp))
         files += [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]  # + a folder per extra adapter
     save_file(tensors, str(tmp / STATE_FILE), metadata={"peft_method": str(peft_cfg.method)})
+    checkpoint_cfg = getattr(cfg, "checkpoint", None)
+    if checkpoint_cfg is not None and not checkpoint_cfg.export_model:
+        whole, why_not = None, "checkpoint.export_model=false"
+    else:
+        try:
+            with _flat_values(flat, theta):
+                whole, why_not = _export_whole_model(model, cfg, tmp / MODEL_DIR)
+        except Exception as e:  # noqa: BLE001 - the whole-model copy is a convenience: the tensors are written
+            shutil.rmtree(tmp / MODEL_DIR, ignore_errors=True)
+            whole, why_not = None, f"failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            log.warning("export %s: the whole-model copy %s; the trained tensors are exported", out_dir, why_not)
+    if whole:
+        files += [p.relative_to(tmp).as_posix() for p in (tmp / MODEL_DIR).rglob("*") if p.is_file()]
     meta = {
         "version": EXPORT_VERSION, "method": peft_cfg.method, "family": family, "peft_library": wrapped,
         "files": sorted(files + [EXPORT_META]), "state_dict_keys": sorted(tensors), "peft_tensors": len(peft_segs),
         "config_hash": cfg.hash() if hasattr(cfg, "hash") else None,
+        "model": {"folder": MODEL_DIR, "format": whole} if whole else None, "model_not_exported": why_not,
     }
     (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1) + "\n")
     if out_dir.exists():
@@ -253,3 +278,111 @@ def _load_peft_part(model: nn.Module, flat: FlatParams, export_dir: Path, segs: 
     finally:
         with torch.no_grad():
             flat.data.copy_(saved)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The whole model, in the backbone library's own format
+# ---------------------------------------------------------------------------------------------------------
+
+def _export_whole_model(model: nn.Module, cfg, out: Path) -> tuple[Optional[str], Optional[str]]:
+    """Write the whole classifier (backbone with the trained values, LoRA merged, and the head) to ``out``.
+
+    * ``timm_vit``: timm's hub layout (``config.json``: architecture, model_args, ``num_classes`` = K,
+      ``pretrained_cfg`` with the input size / mean / std hpcfed normalises with;
+      ``model.safetensors``: the backbone's state dict + our head as timm's ``head``), so
+      ``timm.create_model("local-dir:out", pretrained=True)`` is the classifier on normalised pixels;
+    * ``hf_text``: a sentence-transformers folder: the transformers encoder (``AutoModel`` loads it alone) and its
+      tokenizer, hpcfed's pooling (``model.pooling``: mean or cls) and the head as a ``Dense`` layer with identity
+      activation, so ``SentenceTransformer(out).encode(texts)`` gives hpcfed's logits. Not
+      ``AutoModelForSequenceClassification``: its heads (BERT's tanh pooler on the first token, RoBERTa's
+      dense-tanh-dense) cannot express hpcfed's mean pooling nor a linear layer on the first token;
+    * ``open_clip`` and the other methods: nothing (the CLIP classifier keeps only the vision tower, which no
+      open_clip model loads alone; use :func:`load_export`).
+
+    Returns:
+        (format written or None, why nothing was written or None).
+    """
+    method = getattr(getattr(cfg, "peft", cfg), "method", None)
+    family = getattr(getattr(cfg, "model", None), "family", None)
+    if method not in MERGEABLE:
+        return None, f"peft.method={method!r} adds modules the plain architecture has no place for"
+    if family not in ("timm_vit", "hf_text"):
+        return None, f"model.family={family!r}: no library model holds the classifier (use hpcfed's load_export)"
+    if not isinstance(getattr(model, "head", None), nn.Linear):
+        return None, "the method's head is not one linear layer (e.g. FedYolo's per-task heads)"
+    if family == "hf_text":
+        import importlib.util
+
+        if importlib.util.find_spec("sentence_transformers") is None:
+            return None, "sentence-transformers is not installed (pip install sentence-transformers)"
+        if not _tokenizer_name(cfg):
+            return None, "no tokenizer to ship (data.tokenizer, model.path and model.name are null)"
+    import copy
+
+    backbone = copy.deepcopy(model.backbone)
+    if _is_peft_model(backbone):
+        backbone = backbone.merge_and_unload()
+    out.mkdir(parents=True)
+    if family == "timm_vit":
+        _write_timm(backbone, model, cfg, out)
+        return "timm", None
+    _write_sentence_transformer(backbone, model, cfg, out)
+    return "sentence-transformers", None
+
+
+def _write_timm(backbone: nn.Module, model: nn.Module, cfg, out: Path) -> None:
+    import json
+
+    mc = cfg.model
+    pc = dict(getattr(backbone, "pretrained_cfg", None) or {})
+    arch = pc.get("architecture")
+    args = {}
+    if mc.name:  # the source repo's own model_args (sizes as built below)
+        from hpcfed.models.hub import snapshot_folder
+
+        args = json.loads((snapshot_folder(mc) / "config.json").read_text()).get("model_args", {})
+    if not arch:  # model.arch=tiny: a VisionTransformer built from the size keys
+        arch = "vit_base_patch16_224"
+        args = {"embed_dim": mc.hidden_size, "depth": mc.num_layers, "num_heads": mc.num_heads,
+                "mlp_ratio": mc.intermediate_size / mc.hidden_size}
+    pe = getattr(backbone, "patch_embed", None)
+    if pe is not None:
+        args.update(img_size=int(pe.img_size[0]), patch_size=int(pe.patch_size[0]))
+    size = int(getattr(model, "img_size", None) or args.get("img_size") or 224)
+    k = model.head.out_features
+    pc.update(architecture=arch, num_classes=k, input_size=[3, size, size], classifier="head",
+              mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
+    pc = {key: v for key, v in pc.items() if key not in ("file", "hf_hub_id", "source", "url")}
+    conf = {"architecture": arch, "num_classes": k, "num_features": int(backbone.num_features),
+            "model_args": args, "pretrained_cfg": pc}
+    sd = {key: v.detach().contiguous().cpu() for key, v in backbone.state_dict().items()}
+    sd.update({f"head.{n}": t.detach().contiguous().cpu() for n, t in model.head.state_dict().items()})
+    save_file(sd, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(conf, indent=1) + "\n")
+
+
+def _write_sentence_transformer(backbone: nn.Module, model: nn.Module, cfg, out: Path) -> None:
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    from transformers import AutoTokenizer
+
+    tok_name = _tokenizer_name(cfg)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        backbone.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(tok_name).save_pretrained(tmp)
+        dim = backbone.config.hidden_size
+        head = model.head
+        st = SentenceTransformer(modules=[
+            Transformer(tmp, max_seq_length=cfg.data.max_length),
+            Pooling(dim, pooling_mode=cfg.model.pooling),
+            Dense(dim, head.out_features, activation_function=nn.Identity(),
+                  init_weight=head.weight.detach().cpu().clone(), init_bias=head.bias.detach().cpu().clone()),
+        ], device="cpu")
+        st.save(str(out))
+
+
+def _tokenizer_name(cfg) -> Optional[str]:
+    data, mc = getattr(cfg, "data", None), getattr(cfg, "model", None)
+    return getattr(data, "tokenizer", None) or getattr(mc, "path", None) or getattr(mc, "name", None)

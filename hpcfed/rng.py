@@ -49,6 +49,8 @@ class DataStream(enum.IntEnum):
     """[data.seed, TEST_SUBSAMPLE]: ``data.max_test_samples`` of the test split."""
     RESERVED = 3
     """[data.seed, RESERVED]: ``data.reserve_train_samples`` rows of the train source no client receives."""
+    QUANTITY_SKEW = 4
+    """[data.seed, QUANTITY_SKEW]: log-normal client sizes and the shuffle of ``data.quantity_skew=lognormal``."""
 
 
 class MethodStream(enum.IntEnum):

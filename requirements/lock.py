@@ -1,6 +1,6 @@
-"""Regenerate requirements/lock.txt (``make lock``): the pins a fresh ``pip install -e '.[dev]'`` resolves.
+"""Regenerate requirements/lock.txt (``make lock``): the pins a fresh ``pip install -e '.[dev,mpi]'`` resolves.
 
-The lock covers pyproject.toml's dependencies plus the ``dev`` extra, for Linux x86_64 (manylinux_2_28) and
+The lock covers pyproject.toml's dependencies plus the ``dev`` and ``mpi`` extras, for Linux x86_64 (manylinux_2_28) and
 CPython 3.11, and is resolved by uv (``uv pip compile``) from the same places and under the same caps that pip
 uses on this machine: the index, extra indexes, find-links and constraint files of ``pip config list`` (e.g. a
 global constraints file capping torch), with ``--index-strategy unsafe-best-match`` so that, as with pip, the
@@ -80,16 +80,16 @@ def main(argv: list[str]) -> int:
     output = Path(argv[0]) if argv else ROOT / "requirements" / "lock.txt"
     uv = find_uv()
     version = subprocess.run([uv, "--version"], check=True, capture_output=True, text=True).stdout.strip()
-    cmd = [uv, "pip", "compile", "pyproject.toml", "--extra", "dev", "--python-version", PYTHON_VERSION,
+    cmd = [uv, "pip", "compile", "pyproject.toml", "--extra", "dev", "--extra", "mpi", "--python-version", PYTHON_VERSION,
            "--python-platform", PLATFORM, "--index-strategy", "unsafe-best-match", *pip_source_options(),
            "--no-header", "--quiet"]
     shown = _shell_lines(["uv", *cmd[1:]])
     body = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     header = (
-        "# Pinned versions of hpcfed's dependencies plus the dev extra (not hpcfed itself) for Linux x86_64 and\n"
-        f"# CPython {PYTHON_VERSION}: what a fresh `pip install -e '.[dev]'` resolves with this machine's pip configuration\n"
+        "# Pinned versions of hpcfed's dependencies plus the dev and mpi extras (not hpcfed itself) for Linux x86_64 and\n"
+        f"# CPython {PYTHON_VERSION}: what a fresh `pip install -e '.[dev,mpi]'` resolves with this machine's pip configuration\n"
         "# (its indexes and constraints, e.g. torch<=2.14.1). `make install` uses it as a constraints file:\n"
-        "#   pip install -c requirements/lock.txt -e '.[dev]'\n"
+        "#   pip install -c requirements/lock.txt -e '.[dev,mpi]'\n"
         f"# Regenerate with `make lock` (requirements/lock.py), which ran, in the repository root, {version.split(' (')[0]}:\n"
         f"#   {shown}\n"
     )

@@ -15,7 +15,21 @@ ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:
-    """Class decorator: make ``cls`` selectable as ``fl.algorithm=<cls.name>``."""
+    """Class decorator: make ``cls`` selectable as ``fl.algorithm=<cls.name>``.
+
+    Out-of-tree methods register the same way from a plugin module (config key ``plugins``, or the entry-point
+    group ``hpcfed.plugins``). Registering the same class again (a re-imported module) is allowed.
+
+    Raises:
+        TypeError: ``cls`` is not an :class:`Algorithm` subclass with a ``name``.
+        ConfigError: the name is already taken by another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)) or not isinstance(cls.__dict__.get("name"), str):
+        raise TypeError(f"{cls!r}: register an Algorithm subclass that sets its own `name`")
+    old = ALGORITHMS.get(cls.name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ConfigError(f"algorithm {cls.name!r} from {cls.__module__} is already registered by "
+                          f"{old.__module__}.{old.__qualname__}; choose another name")
     ALGORITHMS[cls.name] = cls
     return cls
 

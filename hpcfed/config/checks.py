@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The source checkout's root (meaningful in an editable install only: after a regular install it is the
+site-packages folder). Nothing derives data or cache folders from it; see :func:`default_data_root` and
+:func:`default_cache_root`."""
 
 
 class ConfigError(ValueError):
@@ -15,8 +18,18 @@ class ConfigError(ValueError):
 
 
 def default_data_root() -> str:
-    """Folder of the offline data sets: ``$HPCFED_DATA`` or ``../shared/data`` beside the repository."""
-    return os.environ.get("HPCFED_DATA", str(REPO_ROOT.parent / "shared" / "data"))
+    """Folder of the offline data sets (``${hpcfed_data_root:}``): ``$HPCFED_DATA``, else ``../shared/data``
+    relative to the working directory (absolute). From the repository root that is the checkout's layout:
+    ``../shared/data`` beside the repository."""
+    env = os.environ.get("HPCFED_DATA")
+    return str(Path(env).expanduser()) if env else str(Path.cwd().parent / "shared" / "data")
+
+
+def default_cache_root() -> Path:
+    """Folder of derived data (client shards): ``$HPCFED_CACHE``, else ``./data_cache`` in the working directory
+    (absolute). Never the package's own location, which after a regular install is site-packages."""
+    env = os.environ.get("HPCFED_CACHE")
+    return Path(env).expanduser() if env else Path.cwd() / "data_cache"
 
 
 def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:

@@ -6,16 +6,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 
 from omegaconf import OmegaConf
 from omegaconf import errors as oc_errors
 
 from hpcfed.config.checks import ConfigError, default_data_root
 from hpcfed.config.sections import (
-    CheckpointConfig, DataConfig, DistConfig, EvalConfig, FLConfig, ModelConfig, PeftConfig,
+    CheckpointConfig, DataConfig, DistConfig, EvalConfig, FLConfig, LoggingConfig, ModelConfig, PeftConfig,
 )
 
 @dataclass
@@ -29,6 +30,10 @@ class Config:
     """Training seed: cohort sampling uses (seed, round), a client's RNG uses (seed, round, client id)."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    plugins: list[str] = field(default_factory=list)
+    """Python modules imported before the config is validated (e.g. ``[my_pkg.my_method]``), so they can call
+    ``hpcfed.algorithms.register`` / ``hpcfed.peft.register``; modules of the entry-point group
+    ``hpcfed.plugins`` are imported too."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -36,6 +41,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         if self.data.kind == "text" and not self.data.tokenizer and self.model.path:
@@ -43,7 +49,7 @@ class Config:
             self.data.tokenizer = self.model.path
         if not self.name or "/" in self.name:
             raise ConfigError(f"name={self.name!r} must be a non-empty folder name without '/'")
-        if self.fl.cohort_size > self.data.num_clients:
+        if self.data.num_clients is not None and self.fl.cohort_size > self.data.num_clients:
             raise ConfigError(
                 f"fl.cohort_size={self.fl.cohort_size} is larger than data.num_clients={self.data.num_clients}"
             )
@@ -55,6 +61,17 @@ class Config:
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.structured(self))
 
+    def resolved(self) -> "Config":
+        """This config with its ``${...}`` interpolations (``${hpcfed_data_root:}``, ``${minilm_path:}``, ...)
+        resolved as :func:`load_config` resolves them: a copy, or ``self`` when there are none. A ``Config()``
+        built in Python keeps the defaults' interpolation strings until then; :func:`hpcfed.run` and
+        :func:`hpcfed.main.run` resolve them.
+
+        Raises:
+            ConfigError: an interpolation that cannot be resolved, or a value the resolved config rejects.
+        """
+        return resolved(self)
+
     def hash(self) -> str:
         """Digest of what determines the trained parameters round by round (checkpoint compatibility).
 
@@ -62,13 +79,39 @@ class Config:
         rounds already done: the number of rounds, evaluation, progress display, devices/threads, checkpoint
         settings, names and output folder.
         """
+        return hashlib.sha256(json.dumps(self.hash_payload(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def hash_payload(self) -> dict:
+        """The nested dict that :meth:`hash` digests (for tests and for finding why two hashes differ)."""
         d = OmegaConf.to_container(OmegaConf.structured(self))
-        for k in ("name", "out_dir", "progress", "eval", "dist", "checkpoint"):
+        for k in ("name", "out_dir", "progress", "eval", "dist", "checkpoint", "logging"):
             d.pop(k, None)
         if self.fl.local.lr_schedule == "constant":  # otherwise the total sets every round's lr
             d["fl"].pop("rounds", None)
         d["data"].pop("shard_dir", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        d.pop("plugins", None)  # where code comes from; the names it registers are in the config
+        # Keys added after runs existed are left out while at their defaults, so the hashes of older configs
+        # (checkpoints, finished study cells) stay valid (model.allow_download predates this and stays in).
+        d["data"].pop("allow_download", None)
+        for section, key, default in HASH_NEUTRAL_DEFAULTS:
+            if d[section].get(key, default) == default:
+                d[section].pop(key, None)
+        if "quantity_skew" not in d["data"]:  # no skew: its sigma is unused
+            d["data"].pop("quantity_sigma", None)
+        m = d["model"]
+        if m.get("img_size") is None and m.get("patch_size") is None and (
+                m.get("family") != "timm_vit" or m.get("arch") == "tiny"):
+            m["img_size"], m["patch_size"] = 32, 4  # null = the model's own sizes, which these were before
+        return d
+
+
+HASH_NEUTRAL_DEFAULTS = (
+    ("peft", "config", {}), ("data", "format", "auto"), ("data", "header", True), ("data", "text_columns", None),
+    ("data", "image_column", "image"), ("data", "client_column", None), ("data", "quantity_skew", "none"),
+    ("model", "name", None), ("model", "resample", False),
+)
+"""(section, key, default) of keys that :meth:`Config.hash` leaves out while at their default: added after
+checkpoints and study cells existed, they must not invalidate them."""
 
 
 def minilm_path() -> str:
@@ -113,50 +156,207 @@ MOVED_KEYS = {"fl.prox_mu": "fl.algo.mu (FedProx owns its μ: fl.algorithm=fedpr
 """Keys of earlier versions and where they went (named in the unknown-key error)."""
 
 
-def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> Config:
-    """Build a validated :class:`Config` from ``config=FILE`` (optional) and ``key=value`` overrides.
+PLUGIN_GROUP = "hpcfed.plugins"
+"""Entry-point group whose modules :func:`import_plugins` imports (``[project.entry-points."hpcfed.plugins"]``)."""
+
+_entry_points_imported = False
+
+
+def import_plugins(names: Sequence[str] = (), *, entry_points: bool = True) -> None:
+    """Import plugin modules so they can register algorithms and PEFT methods before a config is validated.
 
     Args:
-        argv: command-line words. ``config=path.yaml`` (any position) names a YAML file; every other word
-            must be ``dotted.key=value``.
+        names: module names (the config key ``plugins``), imported with :func:`importlib.import_module`
+            (a module already imported is not run again).
+        entry_points: also load, once per process, every entry point of the group :data:`PLUGIN_GROUP`
+            (an entry point naming a callable, ``pkg.mod:setup``, is called with no arguments).
+
+    Raises:
+        ConfigError: a module that cannot be imported or fails while importing (one line naming it and the
+            error; registering a taken name raises ConfigError itself).
+    """
+    import importlib
+
+    global _entry_points_imported
+    if entry_points and not _entry_points_imported:
+        from importlib.metadata import entry_points as find_entry_points
+
+        for ep in find_entry_points(group=PLUGIN_GROUP):
+            try:
+                obj = ep.load()
+                if ep.attr and callable(obj):
+                    obj()
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a plugin's own failure, whatever it is: one line
+                raise ConfigError(f"entry point {ep.name} = {ep.value} (group {PLUGIN_GROUP}): failed to load "
+                                  f"({type(e).__name__}: {_first_line(e)})") from None
+        _entry_points_imported = True
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - ImportError, SyntaxError, or anything the module raises
+            raise ConfigError(f"plugins: cannot import {name!r} ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+DEFAULTS_HINT = ("list YAML files relative to this file, e.g. defaults: [../sst2_minilm_lora.yaml]; config groups "
+                 "such as '- algo: fedpft' are not supported: write '- algo/fedpft.yaml'")
+
+
+def _defaults_paths(defaults: Any, where: str, base_dir: Path) -> list[Optional[Path]]:
+    """The files a ``defaults:`` list names, resolved against ``base_dir``; None marks ``_self_``."""
+    if defaults is None:
+        return []
+    if not isinstance(defaults, list):
+        raise ConfigError(f"{where}: 'defaults' must be a list; {DEFAULTS_HINT}")
+    out: list[Optional[Path]] = []
+    for entry in defaults:
+        if entry == "_self_":
+            out.append(None)
+        elif isinstance(entry, str) and entry.endswith((".yaml", ".yml")):
+            out.append(base_dir / entry)
+        else:
+            raise ConfigError(f"{where}: defaults entry {entry!r} is not supported; {DEFAULTS_HINT}")
+    return out
+
+
+def _with_defaults(own, where: str, base_dir: Path, stack: tuple[Path, ...]) -> list[tuple[str, Any]]:
+    """``own`` (a DictConfig) preceded by the layers of the files its ``defaults:`` names (Hydra's order: the
+    defaults, then the file's own keys, unless ``_self_`` is placed in the list)."""
+    defaults = own.pop("defaults", None)
+    if defaults is not None and not isinstance(defaults, (str, int, float, bool)):
+        defaults = OmegaConf.to_container(defaults)
+    layers: list[tuple[str, Any]] = []
+    placed = False
+    for path in _defaults_paths(defaults, where, base_dir):
+        if path is None:
+            layers.append((where, own))
+            placed = True
+            continue
+        if not path.is_file():
+            raise ConfigError(f"{where}: defaults entry {path}: not found")
+        if path.resolve() in stack:
+            raise ConfigError(f"{where}: defaults entry {path} includes itself (a cycle)")
+        layers += _yaml_layers(path, stack)
+    if not placed:
+        layers.append((where, own))
+    return layers
+
+
+def _yaml_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[str, Any]]:
+    """The (source name, DictConfig) layers of one YAML file, its ``defaults:`` composed in first."""
+    where = f"config file {path}"
+    if not path.is_file():
+        raise ConfigError(f"{where}: not found")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError and friends
+        raise ConfigError(f"{where}: not valid YAML ({_first_line(e)})") from None
+    if not OmegaConf.is_dict(loaded):
+        raise ConfigError(f"{where}: top level must be a mapping")
+    return _with_defaults(loaded, where, path.parent, stack + (path.resolve(),))
+
+
+def _mapping_layers(values: Mapping[str, Any], where: str) -> list[tuple[str, Any]]:
+    """Layers of a mapping shaped like a YAML file; top-level dotted keys (``"fl.rounds": 3``) are nested, and a
+    ``defaults`` list is resolved against the working directory."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, leaf = str(key).split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: key {key!r} conflicts with the value given for {part!r}")
+        node[leaf] = value
+    try:
+        own = OmegaConf.create(nested)
+    except oc_errors.OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: {_first_line(e)}") from None
+    return _with_defaults(own, where, Path.cwd(), ())
+
+
+def _word_layers(words: Sequence[str]) -> list[tuple[str, Any]]:
+    """Layers of command-line words: the ``config=FILE`` files (each with its defaults) in their order, then the
+    ``key=value`` words in theirs, wherever the files were named."""
+    layers: list[tuple[str, Any]] = []
+    for word in words:
+        if word.startswith("config="):
+            layers += _yaml_layers(Path(word.split("=", 1)[1]))
+    for word in words:
+        if word.startswith("config="):
+            continue
+        if "=" not in word:
+            raise ConfigError(f"command-line argument {word!r} is not key=value")
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist([word])))
+        except oc_errors.OmegaConfBaseException as e:
+            raise ConfigError(f"command line: cannot parse {word!r} ({_first_line(e)})") from None
+        except Exception as e:  # noqa: BLE001 - yaml errors on values such as control characters
+            raise ConfigError(f"command line: cannot parse {word!r} ({_first_line(e)})") from None
+    return layers
+
+
+ConfigSource = Union[Sequence[str], Mapping[str, Any], str, os.PathLike, Config, None]
+"""What :func:`load_config` builds a config from: command-line words, a mapping, a YAML path, a Config."""
+
+
+def _source_layers(source: ConfigSource) -> tuple[Optional[Config], list[tuple[str, Any]]]:
+    if source is None:
+        return None, []
+    if isinstance(source, Config):
+        return source, []
+    if isinstance(source, (str, os.PathLike)):
+        return None, _yaml_layers(Path(source))
+    if isinstance(source, Mapping):
+        return None, _mapping_layers(source, "config mapping")
+    return None, _word_layers([str(w) for w in source])
+
+
+def load_config(source: ConfigSource = (), *, base: Optional[Config] = None,
+                overrides: Union[Sequence[str], Mapping[str, Any]] = ()) -> Config:
+    """Build a validated, resolved :class:`Config`; the plugins it names (and the ``hpcfed.plugins`` entry
+    points) are imported before it is returned (:func:`import_plugins`).
+
+    Args:
+        source: command-line words (``config=path.yaml``, any position, repeatable, and ``dotted.key=value``);
+            or the path of one YAML file; or a mapping shaped like one (top-level dotted keys allowed); or a
+            :class:`Config` to start from (its interpolations are resolved); or None (the defaults). A YAML file
+            (or mapping) may start from others: ``defaults: [../base.yaml]`` (paths relative to the file; for a
+            mapping, to the working directory) are merged first, then the file's own keys.
         base: defaults to start from (tests); the dataclass defaults otherwise.
+        overrides: applied last: ``key=value`` words, or a mapping of dotted keys to values
+            (``{"fl.rounds": 3}``).
 
     Raises:
         ConfigError: one line naming the file/key: unknown key (with the valid keys of its section), wrong
-            type, invalid value (with the valid choices), unreadable YAML.
+            type, invalid value (with the valid choices), unreadable YAML, an unsupported ``defaults:`` entry,
+            a plugin that cannot be imported.
     """
     register_resolvers()
-    schema = OmegaConf.structured(base if base is not None else Config)
-    yaml_files = [a.split("=", 1)[1] for a in argv if a.startswith("config=")]
-    overrides = [a for a in argv if not a.startswith("config=")]
-    for word in overrides:
-        if "=" not in word:
-            raise ConfigError(f"command-line argument {word!r} is not key=value")
-    merged = schema
-    source = "defaults"
+    start, layers = _source_layers(source)
+    if isinstance(overrides, Mapping):
+        layers += _mapping_layers(overrides, "overrides")
+    else:
+        layers += _word_layers([str(w) for w in overrides])
+    start = start if start is not None else base
+    schema = OmegaConf.structured(start if start is not None else Config)
+    where = "defaults"
     try:
-        for path in yaml_files:
-            source = path
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path}: not found")
-            try:
-                loaded = OmegaConf.load(path)
-            except Exception as e:  # yaml.YAMLError and friends
-                raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-            if not OmegaConf.is_dict(loaded):
-                raise ConfigError(f"config file {path}: top level must be a mapping")
-            loaded.pop("defaults", None)
-            merged = OmegaConf.merge(merged, loaded)
-        source = "command line"
-        for word in overrides:
-            try:
-                dot = OmegaConf.from_dotlist([word])
-            except oc_errors.OmegaConfBaseException:
-                raise
-            except Exception as e:  # yaml errors on values such as control characters
-                raise ConfigError(f"command line: cannot parse {word!r} ({str(e).splitlines()[0]})") from None
-            merged = OmegaConf.merge(merged, dot)
-        source = "config"
+        try:  # one merge (one copy of the schema); layer by layer only to name the layer that fails
+            merged = OmegaConf.merge(schema, *(layer for _, layer in layers)) if layers else schema
+        except oc_errors.OmegaConfBaseException:
+            merged = schema
+            for where, layer in layers:
+                merged = OmegaConf.merge(merged, layer)
+        where = "config"
         OmegaConf.resolve(merged)
         obj = OmegaConf.to_object(merged)
     except ConfigError:
@@ -167,33 +367,43 @@ def load_config(argv: Sequence[str] = (), *, base: Optional[Config] = None) -> C
         hint = f"; valid keys here: {valid}" if valid else ""
         if key in MOVED_KEYS:
             hint = f"; it moved to {MOVED_KEYS[key]}"
-        raise ConfigError(f"{source}: unknown key '{key}'{hint}") from None
+        raise ConfigError(f"{where}: unknown key '{key}'{hint}") from None
     except (oc_errors.ValidationError, oc_errors.ConfigTypeError) as e:
         key = _full_key(e)
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+        raise ConfigError(f"{where}: bad value for '{key}': {_first_line(e)}") from None
     except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{where}: {_first_line(e)}") from None
     assert isinstance(obj, Config)
+    import_plugins(obj.plugins)
     return obj
 
 
 T = TypeVar("T")
 
 
+def _has_interpolation(value: Any) -> bool:
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, dict):
+        return any(_has_interpolation(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_interpolation(v) for v in value)
+    return False
+
+
 def resolved(section: T) -> T:
-    """``section`` (a config dataclass built in Python, e.g. ``DataConfig(...)``) with its ``${...}``
-    interpolation defaults resolved as :func:`load_config` resolves them; returned as is when it has none.
+    """``section`` (a config dataclass built in Python, e.g. ``DataConfig(...)`` or a whole :class:`Config`) with
+    its ``${...}`` interpolations resolved as :func:`load_config` resolves them: a new instance, or ``section``
+    itself when it has none.
 
     Raises:
         ConfigError: an interpolation that cannot be resolved.
     """
-    if not any(isinstance(v, str) and "${" in v for v in dataclasses.asdict(section).values()):
+    if not _has_interpolation(dataclasses.asdict(section)):
         return section
     register_resolvers()
     try:
         out = OmegaConf.to_object(OmegaConf.structured(section))
     except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(f"{type(section).__name__}: cannot resolve interpolation ({str(e).splitlines()[0]})") \
-            from None
+        raise ConfigError(f"{type(section).__name__}: cannot resolve interpolation ({_first_line(e)})") from None
     return out

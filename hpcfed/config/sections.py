@@ -1,93 +1,16 @@
-"""The config sections (``data``, ``model``, ``peft``, ``fl`` with ``fl.local`` / ``fl.server_opt``, ``eval``, ``dist``,
+"""The config sections (``data`` from :mod:`~hpcfed.config.data_section`, ``model``, ``peft``, ``fl`` with ``fl.local`` / ``fl.server_opt``, ``eval``, ``dist``,
 ``checkpoint``): dataclasses with defaults and field docstrings, each validating its own values in
 ``__post_init__``. Cross-section checks live in :class:`hpcfed.config.Config` and at the composition root."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-from hpcfed.config.checks import REPO_ROOT, ConfigError, check_choice, check_fraction, check_positive
-
-PARTITIONS = ("iid", "dirichlet", "pathological", "fewshot")
-DATA_KINDS = ("text", "image")
-
-
-@dataclass
-class DataConfig:
-    """Where client data comes from and how it is split into clients and HDF5 shards."""
-
-    name: str = "sst2"
-    """Data set name; recorded in the shard index and checked when shards are opened."""
-    kind: str = "text"
-    """'text' (CSV/TSV, tokenized at prepare time) or 'image' (ImageFolder directory or .zip of one)."""
-    source: str = "${hpcfed_data_root:}/sst2/train.tsv"
-    """Training source: a CSV/TSV file (text), or an ImageFolder dir / .zip with train/ and test/ (image)."""
-    test_source: Optional[str] = "${hpcfed_data_root:}/sst2/dev.tsv"
-    """Global test split. Text: a CSV/TSV file. Image: null uses the source's test/ folder."""
-    text_column: str = "sentence"
-    label_column: str = "label"
-    max_length: int = 64
-    """Text: tokens kept per example (truncation) at prepare time."""
-    tokenizer: Optional[str] = None
-    """Text: tokenizer path or name; null uses model.path."""
-    image_size: Optional[int] = None
-    """Image: resize to this square size (pixels) at prepare time; null keeps the source size."""
-    partition: str = "dirichlet"
-    """'iid', 'dirichlet' (label skew with concentration alpha), 'pathological' (k classes per client),
-    'fewshot' (shots_per_class examples of each class per client)."""
-    alpha: float = 0.5
-    """Dirichlet concentration α; smaller is more skewed."""
-    classes_per_client: int = 2
-    shots_per_class: int = 16
-    num_clients: int = 20
-    num_shards: int = 4
-    max_train_samples: Optional[int] = None
-    """Keep only the first N training examples (after a seeded shuffle); null keeps all."""
-    max_test_samples: Optional[int] = None
-    reserve_train_samples: int = 0
-    """Rows of the train source withheld from every client (the first N of a seeded permutation, chosen before
-    ``max_train_samples``): public data no client holds, e.g. FedPFT's distillation set
-    (:func:`hpcfed.data.reserved_rows`)."""
-    seed: int = 0
-    """Partition seed (independent of the training seed)."""
-    shard_dir: Optional[str] = None
-    """Where the shards live; null derives data_cache/<name>-<hash of this section> under the repo."""
-
-    def __post_init__(self) -> None:
-        check_choice("data.kind", self.kind, DATA_KINDS)
-        check_choice("data.partition", self.partition, PARTITIONS)
-        check_positive("data.alpha", self.alpha)
-        check_positive("data.num_clients", self.num_clients)
-        check_positive("data.num_shards", self.num_shards)
-        check_positive("data.max_length", self.max_length)
-        check_positive("data.classes_per_client", self.classes_per_client)
-        check_positive("data.shots_per_class", self.shots_per_class)
-        check_positive("data.max_train_samples", self.max_train_samples)
-        check_positive("data.max_test_samples", self.max_test_samples)
-        check_positive("data.reserve_train_samples", self.reserve_train_samples, allow_zero=True)
-        if self.num_shards > self.num_clients:
-            raise ConfigError(
-                f"data.num_shards={self.num_shards} must be <= data.num_clients={self.num_clients}"
-            )
-
-    def identity(self) -> dict:
-        """The fields that determine the shards' content (everything except where they are stored)."""
-        d = dataclasses.asdict(self)
-        d.pop("shard_dir")
-        if not d["reserve_train_samples"]:  # absent = 0: shards prepared before the key existed stay current
-            d.pop("reserve_train_samples")
-        return d
-
-    def resolved_shard_dir(self) -> Path:
-        if self.shard_dir:
-            return Path(self.shard_dir)
-        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
-        return REPO_ROOT / "data_cache" / f"{self.name}-{digest}"
+from hpcfed.config.checks import ConfigError, check_choice, check_fraction, check_positive
+from hpcfed.config.data_section import (  # noqa: F401 - re-exported: the data section has its own module
+    DATA_FORMATS, DATA_KINDS, PARTITIONS, QUANTITY_SKEWS, DataConfig,
+)
 
 
 MODEL_FAMILIES = ("hf_text", "timm_vit", "open_clip")
@@ -100,6 +23,12 @@ class ModelConfig:
     family: str = "hf_text"
     """'hf_text' (transformers encoder: BERT, RoBERTa, MiniLM), 'timm_vit', or 'open_clip' (CLIP's vision
     tower with a head initialised from the text tower's class-name prompt embeddings)."""
+    name: Optional[str] = None
+    """A Hugging Face hub repo id (``org/repo``, optionally ``hf-hub:org/repo`` or ``org/repo@revision``) of the
+    model's library: timm (``timm/vit_base_patch16_224.augreg_in21k``), open_clip (a repo with
+    ``open_clip_config.json``, e.g. ``laion/CLIP-ViT-B-32-laion2B-s34B-b79K``) or transformers
+    (``sentence-transformers/all-MiniLM-L6-v2``), per `family`. Read from the local HF cache (``HF_HUB_CACHE``);
+    downloaded only with `allow_download`. Set it and `path: null` (see docs/models.md, "Hub models")."""
     path: Optional[str] = "${minilm_path:}"
     """Local folder with pre-trained weights (transformers folder, or a timm .safetensors/.pth file).
     null with pretrained=false builds from `arch` with random init."""
@@ -108,7 +37,8 @@ class ModelConfig:
     pretrained: bool = True
     """Load the weights at `path`; false keeps the architecture (from path or arch) with random init."""
     allow_download: bool = False
-    """Allow hub names for `path` (off: nothing is downloaded at run time)."""
+    """Download `name` from the hub when it is not in the local cache (off: ``HF_HUB_OFFLINE=1``, cache only;
+    an ``HF_HUB_OFFLINE=1`` already in the environment wins)."""
     pooling: str = "mean"
     """Text: 'mean' (over real tokens, as sentence-transformers) or 'cls'."""
     num_classes: Optional[int] = None
@@ -119,8 +49,14 @@ class ModelConfig:
     intermediate_size: int = 64
     vocab_size: int = 1000
     """Sizes for random-init architectures (tests, tiny runs)."""
-    img_size: int = 32
-    patch_size: int = 4
+    img_size: Optional[int] = None
+    """Input side (pixels). null: the pretrained model's own (hub config / timm architecture); 32 for
+    ``arch=tiny``. Set with pretrained weights of another size: an error unless `resample`."""
+    patch_size: Optional[int] = None
+    """Patch side (pixels), as `img_size` (null: the model's own; 4 for ``arch=tiny``)."""
+    resample: bool = False
+    """Allow pretrained weights to be resampled to `img_size` / `patch_size` (position and patch embeddings;
+    logged in one line). Off: a size that differs from the weights' is a one-line error."""
     dropout: float = 0.1
     """Classifier dropout before the head."""
     clip_prompt_template: str = "a photo of a {}."
@@ -130,13 +66,25 @@ class ModelConfig:
         check_choice("model.family", self.family, MODEL_FAMILIES)
         check_choice("model.pooling", self.pooling, ("mean", "cls"))
         check_fraction("model.dropout", self.dropout)
+        if self.arch == "tiny" and self.name is None:  # the random test backbones' sizes when not given
+            self.img_size = self.img_size or 32
+            self.patch_size = self.patch_size or 4
         for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "img_size",
                   "patch_size"):
             check_positive(f"model.{k}", getattr(self, k))
+        if self.name is not None:
+            if not self.name.strip() or self.name.startswith("local-dir:"):
+                raise ConfigError(f"model.name={self.name!r}: give a hub repo id 'org/repo' (a local folder goes "
+                                  "in model.path)")
+            if self.path:
+                raise ConfigError(f"model.name={self.name!r} and model.path={self.path!r}: give one (set "
+                                  "model.path=null to load the hub model)")
+            return
         if not self.pretrained and not self.path and not self.arch:
             raise ConfigError("model.arch must be set when model.path is null")
         if self.pretrained and not self.path:
-            raise ConfigError("model.path must name a local folder/file when model.pretrained=true")
+            raise ConfigError("model.path must name a local folder/file (or model.name a hub id) when "
+                              "model.pretrained=true")
 
 
 
@@ -147,7 +95,8 @@ class PeftConfig:
 
     method: str = "bias"
     """'bias' (BitFit), 'lora' (peft library), 'adapter' (bottleneck adapters), 'prompt' (learnable prompt
-    tokens), 'head' (linear probe), 'full' (all parameters); checked against the registry
+    tokens), 'head' (linear probe), 'full' (all parameters), 'peft' (any Hugging Face peft config, given in
+    ``peft.config``), or a method registered by a plugin; checked against the registry
     (:data:`hpcfed.peft.METHODS`) by :func:`hpcfed.compose.validate`."""
     adapter_reduction_factor: int = 16
     """Adapter bottleneck = hidden size / reduction factor."""
@@ -162,6 +111,11 @@ class PeftConfig:
     lora_dropout: float = 0.0
     lora_target_modules: Optional[list[str]] = None
     """Module names for LoRA; null picks the attention projections of the backbone family."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """method=peft: a Hugging Face peft config as a mapping, passed to ``peft.get_peft_config``, e.g.
+    ``{peft_type: IA3, target_modules: [key, value, output.dense], feedforward_modules: [output.dense]}``,
+    ``{peft_type: LORA, r: 8, use_dora: true}`` (DoRA) or ``{peft_type: LOHA, r: 4, target_modules: [query]}``;
+    without target_modules peft's defaults for the backbone's model type apply (transformers backbones)."""
 
     def __post_init__(self) -> None:
         check_choice("peft.adapter_variant", self.adapter_variant, ("sequential", "parallel"))
@@ -322,10 +276,14 @@ class EvalConfig:
     batch_size: int = 256
     at_round0: bool = False
     """Also evaluate the initial global model before round 1."""
+    warn_loss_rise_rounds: int = 3
+    """Warn (a log line and ``"train_loss_rising"`` in the round's ``warnings`` in metrics.jsonl) when the mean
+    client training loss has risen in each of this many consecutive rounds; 0 disables the check."""
 
     def __post_init__(self) -> None:
         check_positive("eval.every_rounds", self.every_rounds)
         check_positive("eval.batch_size", self.batch_size)
+        check_positive("eval.warn_loss_rise_rounds", self.warn_loss_rise_rounds, allow_zero=True)
 
 
 @dataclass
@@ -358,7 +316,35 @@ class CheckpointConfig:
     """'auto' (newest valid checkpoint of this run, if any), 'none' (start afresh), or a checkpoint path."""
     force_resume: bool = False
     """Resume from a checkpoint written by a different config."""
+    export_model: bool = True
+    """Also write final/export/model/, the whole classifier loadable in one call by its library (a full copy of
+    the model: ~90 MB for MiniLM-L6, ~340 MB for ViT-B); false keeps only the trained tensors (e.g. in studies)."""
 
     def __post_init__(self) -> None:
         check_positive("checkpoint.every_rounds", self.every_rounds, allow_zero=True)
         check_positive("checkpoint.keep_last", self.keep_last)
+
+
+TRACKERS = ("csv", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class LoggingConfig:
+    """Experiment trackers fed at the end of every round by rank 0 (hpcfed/tracking.py; docs/tracking.md)."""
+
+    report_to: list[str] = field(default_factory=list)
+    """Any of 'csv' (<run dir>/metrics.csv), 'tensorboard' (<run dir>/tensorboard/), 'wandb' (offline run in
+    <run dir>/wandb/), 'mlflow' (<run dir>/mlruns/ file store, or ``mlflow_tracking_uri``). Each but csv needs
+    its pip extra (``pip install 'hpcfed[tensorboard]'`` etc.)."""
+    wandb_project: str = "hpcfed"
+    """W&B project name of the offline run."""
+    mlflow_experiment: str = "hpcfed"
+    """MLflow experiment the run is logged under (created when missing)."""
+    mlflow_tracking_uri: Optional[str] = None
+    """null: the file store ``file:<run dir>/mlruns``; otherwise any MLflow tracking URI (sqlite:///..., http://...)."""
+
+    def __post_init__(self) -> None:
+        for name in self.report_to:
+            check_choice("logging.report_to", name, TRACKERS)
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ConfigError(f"logging.report_to={list(self.report_to)} names a tracker twice")

@@ -1,4 +1,6 @@
-"""Client data: sources (CSV/TSV text, ImageFolder dir/zip), partitioners, the HDF5 shard schema, loaders.
+"""Client data: sources (CSV/TSV text, ImageFolder dir/zip; parquet, JSONL, Arrow, save_to_disk folders through
+``datasets``), partitioners (iid with optional quantity skew, label skew, natural client ids), the HDF5 shard
+schema, loaders. User-facing keys: ``docs/data.md``.
 
 Typical use::
 

@@ -13,9 +13,20 @@ from typing import Optional
 
 from hpcfed.config import DataConfig
 from hpcfed.data.errors import DataError
+from hpcfed.data.report import PLOT_NAME
 from hpcfed.data.shards import INDEX_NAME, TEST_FILE, jsonable, read_index
 
-_OUR_FILES = (INDEX_NAME, TEST_FILE)
+_OUR_FILES = (INDEX_NAME, TEST_FILE, PLOT_NAME)
+
+
+def _has_phantom_class(index: dict) -> bool:
+    """An index written before class ids were made contiguous, with an integer class no example has (labels
+    1..4 gave a class '0'): such a directory is rebuilt."""
+    if "label_mapping" in index or not all(str(n).isdigit() for n in index["class_names"]):
+        return False
+    hists = [c.get("label_histogram") for c in index["clients"]] + [(index.get("test") or {}).get("label_histogram")]
+    total = [sum(col) for col in zip(*[h for h in hists if h])]
+    return 0 in total
 
 
 def has_content(path: Path) -> bool:
@@ -38,7 +49,7 @@ def is_current(out: Path, cfg: DataConfig, tokenizer: Optional[str]) -> bool:
         index = read_index(out)
     except DataError:
         return False
-    if index["data_config"] != jsonable(cfg.identity()) or index["name"] != cfg.name:
+    if index["data_config"] != jsonable(cfg.identity()) or index["name"] != cfg.name or _has_phantom_class(index):
         return False
     if cfg.kind == "text" and index["preprocessing"].get("tokenizer", {}).get("name_or_path") != tokenizer:
         return False

@@ -4,7 +4,9 @@ Every partitioner takes the training labels (int array, shape (N,)) or N, and re
 one int64 array of example indices per client, sorted ascending, pairwise disjoint, none empty. iid and
 Dirichlet use every example; pathological and few-shot may leave some unused (see each docstring).
 Impossible requests raise :class:`ValueError` with a one-line message; the prepare pipeline re-raises it as a
-``DataError`` naming the source file.
+``DataError`` naming the source file. :func:`natural` groups by a client-id column instead (no randomness);
+:func:`lognormal_sizes` draws the client sizes of iid with quantity skew from the
+``[data.seed, DataStream.QUANTITY_SKEW]`` stream of :mod:`hpcfed.rng`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["iid", "dirichlet", "pathological", "fewshot", "partition", "PARTITIONERS"]
+from hpcfed.rng import DataStream, generator
+
+__all__ = ["iid", "dirichlet", "pathological", "fewshot", "natural", "lognormal_sizes", "partition", "PARTITIONERS"]
 
 
 def _check_clients(n: int, num_clients: int) -> None:
@@ -44,15 +48,67 @@ def _finish(parts: list[np.ndarray]) -> list[np.ndarray]:
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def iid(num_samples: int, num_clients: int, seed: int) -> list[np.ndarray]:
-    """Uniform random split: a seeded permutation cut into ``num_clients`` parts whose sizes differ by <= 1.
+def iid(num_samples: int, num_clients: int, seed: int, *, quantity_sigma: Optional[float] = None
+        ) -> list[np.ndarray]:
+    """Uniform random split: a seeded permutation cut into ``num_clients`` parts whose sizes differ by <= 1, or,
+    with ``quantity_sigma``, into parts of log-normal sizes (:func:`lognormal_sizes`; quantity skew).
 
     Raises:
         ValueError: fewer examples than clients.
     """
     _check_clients(num_samples, num_clients)
-    rng = np.random.default_rng(seed)
-    return _finish(np.array_split(rng.permutation(num_samples), num_clients))
+    if quantity_sigma is None:
+        rng = np.random.default_rng(seed)
+        return _finish(np.array_split(rng.permutation(num_samples), num_clients))
+    rng = generator(seed, DataStream.QUANTITY_SKEW)
+    sizes = lognormal_sizes(num_samples, num_clients, quantity_sigma, rng)
+    return _finish(np.split(rng.permutation(num_samples), np.cumsum(sizes)[:-1]))
+
+
+def lognormal_sizes(num_samples: int, num_clients: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Client sizes with quantity skew (FedLab's ``lognormal_unbalance_split``; flwr-datasets' size partitioners):
+    weights w_k ~ LogNormal(0, sigma), sizes proportional to w (largest remainder), each >= 1, summing to
+    ``num_samples``. int64 (num_clients,). sigma=0 gives equal sizes; larger sigma, more unequal ones.
+
+    Raises:
+        ValueError: sigma < 0, fewer examples than clients.
+    """
+    if not sigma >= 0:
+        raise ValueError(f"quantity_sigma={sigma} must be >= 0")
+    _check_clients(num_samples, num_clients)
+    w = rng.lognormal(0.0, sigma, size=num_clients)
+    spare = num_samples - num_clients  # everyone gets 1; the rest in proportion to w
+    quota = spare * w / w.sum()
+    sizes = np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - sizes), kind="stable")
+    sizes[order[:spare - int(sizes.sum())]] += 1
+    return sizes + 1
+
+
+def natural(client_ids: Sequence[str]) -> tuple[list[np.ndarray], list[str]]:
+    """Natural partition (LEAF's FEMNIST / Shakespeare writers, FLAIR users; flwr-datasets'
+    ``NaturalIdPartitioner``): one client per distinct value of ``client_ids`` (length N, one per example).
+
+    Returns:
+        The index arrays (int64, sorted) and the client names, clients ordered by id (numerically when every id
+        is an integer, else as strings).
+
+    Raises:
+        ValueError: an empty id, or no examples.
+    """
+    ids = [str(c).strip() for c in client_ids]
+    if not ids:
+        raise ValueError("no examples")
+    if "" in ids:
+        raise ValueError(f"example {ids.index('')} has an empty client id")
+    uniq = set(ids)
+    numeric = all(u.lstrip("-").isdigit() for u in uniq)
+    names = sorted(uniq, key=(lambda u: (int(u), u)) if numeric else None)
+    lookup = {n: i for i, n in enumerate(names)}
+    codes = np.fromiter((lookup[c] for c in ids), dtype=np.int64, count=len(ids))  # (N,)
+    order = np.argsort(codes, kind="stable")
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    return _finish(np.split(order, cuts)), names
 
 
 def dirichlet(
@@ -238,10 +294,12 @@ def partition(
     alpha: float = 0.5,
     classes_per_client: int = 2,
     shots_per_class: int = 16,
+    quantity_sigma: Optional[float] = None,
 ) -> list[np.ndarray]:
-    """Dispatch by name ('iid', 'dirichlet', 'pathological', 'fewshot'); the unused parameters are ignored."""
+    """Dispatch by name ('iid', 'dirichlet', 'pathological', 'fewshot'); the unused parameters are ignored.
+    ('natural' needs client ids, not labels: call :func:`natural`.)"""
     if method == "iid":
-        return iid(len(labels), num_clients, seed)
+        return iid(len(labels), num_clients, seed, quantity_sigma=quantity_sigma)
     if method == "dirichlet":
         return dirichlet(labels, num_clients, alpha, seed, num_classes=num_classes)
     if method == "pathological":

@@ -4,8 +4,9 @@ The whole directory is built as ``<shard_dir>.tmp-<pid>`` (index.json last) and 
 when complete, so a directory under the final name with an index.json is always finished.
 The command line entry point is ``python -m hpcfed.data.prepare`` (:func:`main`).
 
-The source readers (text table, ImageFolder) are in :mod:`hpcfed.data.readers`; the checks on an existing
-shard directory and the final rename into place are in :mod:`hpcfed.data.directory`.
+The source readers (text table, ImageFolder, ``datasets`` sources) are in :mod:`hpcfed.data.readers`; the checks
+on an existing shard directory and the final rename into place are in :mod:`hpcfed.data.directory`; the label
+distribution plot and the summary line in :mod:`hpcfed.data.report`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import numpy as np
 from hpcfed.config import ConfigError, DataConfig, resolved
 from hpcfed.data.directory import check_replaceable, has_content, install, is_current
 from hpcfed.data.errors import DataError
-from hpcfed.data.partition import partition
-from hpcfed.data.readers import ImageSource, TextSource, tokenizer_name
+from hpcfed.data.partition import natural, partition
+from hpcfed.data.readers import open_source, tokenizer_name
+from hpcfed.data.report import PLOT_NAME, plot_label_distribution, summary_line
 from hpcfed.data.shards import (
     INDEX_NAME, SCHEMA_VERSION, TEST_FILE, ShardedDataset, ShardWriter, jsonable, shard_file_name, shard_of_client,
     write_index,
@@ -52,7 +54,7 @@ def reserved_rows(num_rows: int, cfg: DataConfig) -> np.ndarray:
     n = cfg.reserve_train_samples
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    if num_rows - n < cfg.num_clients:
+    if num_rows - n < (cfg.num_clients or 1):
         raise DataError(f"{cfg.source}: data.reserve_train_samples={n} leaves {num_rows - n} of {num_rows} rows "
                         f"for {cfg.num_clients} clients")
     return np.sort(generator(cfg.seed, DataStream.RESERVED).permutation(num_rows)[:n]).astype(np.int64)
@@ -85,7 +87,7 @@ def prepare(cfg: DataConfig, tokenizer: Optional[str] = None, *, force: bool = F
         check_replaceable(out)
     t0 = time.perf_counter()
     tok_name = tokenizer_name(cfg, tokenizer) if cfg.kind == "text" else None
-    src = TextSource(cfg, tok_name) if cfg.kind == "text" else ImageSource(cfg)
+    src = open_source(cfg, tok_name)
     try:
         out = _build(cfg, src, out, tok_name, force)
     finally:
@@ -94,19 +96,42 @@ def prepare(cfg: DataConfig, tokenizer: Optional[str] = None, *, force: bool = F
     return out
 
 
+def _natural(cfg: DataConfig, src, keep: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+    """One client per distinct ``data.client_column`` value among the kept rows; checks data.num_clients."""
+    if src.train_clients is None:
+        raise DataError(f"{cfg.source}: data.partition=natural but no data.client_column was read")
+    try:
+        parts, names = natural([src.train_clients[i] for i in keep])
+    except ValueError as e:
+        raise DataError(f"{cfg.source}: data.client_column={cfg.client_column}: {e}") from None
+    if cfg.num_clients is not None and cfg.num_clients != len(parts):
+        raise DataError(f"{cfg.source}: data.client_column={cfg.client_column} has {len(parts)} distinct values "
+                        f"but data.num_clients={cfg.num_clients}; set data.num_clients={len(parts)} or null")
+    if cfg.num_shards > len(parts):
+        raise DataError(f"{cfg.source}: data.num_shards={cfg.num_shards} is more than the {len(parts)} natural "
+                        "clients; lower data.num_shards")
+    return parts, names
+
+
 def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool) -> Path:
     num_classes = len(src.class_names)
     n_rows = len(src.labels["train"])
     pool = np.setdiff1d(np.arange(n_rows, dtype=np.int64), reserved_rows(n_rows, cfg))  # sorted; all if none
     keep = pool[_subsample(len(pool), cfg.max_train_samples, cfg.seed, DataStream.TRAIN_SUBSAMPLE)]
     labels = src.labels["train"][keep]
-    try:
-        parts = partition(cfg.partition, labels, cfg.num_clients, cfg.seed, num_classes=num_classes,
-                          alpha=cfg.alpha, classes_per_client=cfg.classes_per_client,
-                          shots_per_class=cfg.shots_per_class)
-    except ValueError as e:
-        raise DataError(f"{cfg.source}: cannot split {labels.size} examples into {cfg.num_clients} clients "
-                        f"(data.partition={cfg.partition}): {e}") from None
+    names: Optional[list[str]] = None
+    if cfg.partition == "natural":
+        parts, names = _natural(cfg, src, keep)
+    else:
+        try:
+            parts = partition(cfg.partition, labels, cfg.num_clients, cfg.seed, num_classes=num_classes,
+                              alpha=cfg.alpha, classes_per_client=cfg.classes_per_client,
+                              shots_per_class=cfg.shots_per_class,
+                              quantity_sigma=cfg.quantity_sigma if cfg.quantity_skew == "lognormal" else None)
+        except ValueError as e:
+            raise DataError(f"{cfg.source}: cannot split {labels.size} examples into {cfg.num_clients} clients "
+                            f"(data.partition={cfg.partition}): {e}") from None
+    num_clients = len(parts)
     for c, p in enumerate(parts):
         if p.size == 0:
             raise DataError(f"{cfg.source}: client {c} would be empty (data.partition={cfg.partition})")
@@ -124,7 +149,7 @@ def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool
         clients: list[dict] = []
         shards: list[dict] = []
         for s in range(cfg.num_shards):
-            cids = [c for c in range(cfg.num_clients) if shard_of_client(c, cfg.num_clients, cfg.num_shards) == s]
+            cids = [c for c in range(num_clients) if shard_of_client(c, num_clients, cfg.num_shards) == s]
             fname = shard_file_name(s)
             with ShardWriter(tmp / fname, name=cfg.name, kind=cfg.kind, shard_id=s, prepare_id=prepare_id) as w:
                 for c in cids:
@@ -132,7 +157,8 @@ def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool
                     x, lengths = src.encode("train", keep[parts[c]])
                     w.add_client(c, x, y, lengths)
                     clients.append({"id": c, "shard": s, "file": fname, "num_samples": int(y.size),
-                                    "label_histogram": np.bincount(y, minlength=num_classes).tolist()})
+                                    "label_histogram": np.bincount(y, minlength=num_classes).tolist(),
+                                    **({"name": names[c]} if names is not None else {})})
                 nbytes = w.close()
             shards.append({"id": s, "file": fname, "bytes": nbytes, "clients": [cids[0], cids[-1] + 1]})
             log.info("wrote shard %d/%d (%d clients)", s + 1, cfg.num_shards, len(cids))
@@ -152,13 +178,14 @@ def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool
             "kind": cfg.kind,
             "num_classes": num_classes,
             "class_names": list(src.class_names),
-            "num_clients": cfg.num_clients,
+            "num_clients": num_clients,
             "num_shards": cfg.num_shards,
             "num_samples": int(sum(c["num_samples"] for c in clients)),
             "num_source_examples": int(len(src.labels["train"])),
             "example_shape": list(src.example_shape),
             "x_dtype": "int32" if cfg.kind == "text" else "uint8",
             "partition": cfg.partition,
+            "label_mapping": "contiguous",  # class ids 0..C-1 over the training labels that occur
             "prepare_id": prepare_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "data_config": jsonable(cfg.identity()),
@@ -168,6 +195,12 @@ def _build(cfg: DataConfig, src, out: Path, tok_name: Optional[str], force: bool
             "test": test,
             "clients": clients,
         }
+        hists = np.array([c["label_histogram"] for c in clients], dtype=np.int64).reshape(num_clients, num_classes)
+        if plot_label_distribution(tmp / PLOT_NAME, hists, src.class_names, names, f"{cfg.name}: {cfg.partition}"
+                                   + (f", quantity skew sigma={cfg.quantity_sigma:g}" if cfg.quantity_skew != "none"
+                                      else "")):
+            index["label_distribution_plot"] = PLOT_NAME
+        log.info("%s: %s", cfg.name, summary_line(hists, src.class_names))
         write_index(tmp / INDEX_NAME, index)  # last: marks the directory complete
         return install(tmp, out, cfg, tok_name, force)
     except BaseException:

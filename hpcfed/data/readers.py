@@ -1,5 +1,7 @@
-"""The two source readers of :mod:`hpcfed.data.pipeline`: a CSV/TSV text table tokenized with the backbone's
-fast tokenizer (:class:`TextSource`) and an ImageFolder directory / zip (:class:`ImageSource`).
+"""The source readers of :mod:`hpcfed.data.pipeline`: a text table (CSV/TSV, or anything ``datasets`` reads)
+tokenized with the backbone's fast tokenizer (:class:`TextSource`), an ImageFolder directory / zip
+(:class:`ImageSource`) and an image column read through ``datasets`` (``hfsource.HFImageSource``);
+:func:`open_source` picks one.
 
 Both hold the class names and the integer labels of each split (``train``, and ``test`` when there is one)
 and turn the examples at given indices into the arrays a shard stores (:meth:`encode`); they also describe
@@ -18,6 +20,7 @@ import numpy as np
 
 from hpcfed.config import ConfigError, DataConfig
 from hpcfed.data.errors import DataError
+from hpcfed.data.hfsource import BUILT_IN, HFImageSource, HFLoader, source_format
 from hpcfed.data.shards import first_line
 from hpcfed.data.sources import (
     TEXT_EXTENSIONS, ImageFolderSource, decode_image, encode_labels, label_vocabulary, read_text_table,
@@ -62,21 +65,72 @@ def _load_tokenizer(name: str):
     return tok
 
 
-class TextSource:
-    """A CSV/TSV table tokenized per call to :meth:`encode` with the backbone's fast tokenizer."""
+def _formats(cfg: DataConfig) -> dict[str, str]:
+    """How each source (train, and test when set) is read (:func:`hpcfed.data.hfsource.source_format`)."""
+    out = {"train": source_format(cfg.source, cfg.format, cfg.kind, cfg.allow_download)}
+    if cfg.test_source:
+        out["test"] = source_format(cfg.test_source, cfg.format, cfg.kind, cfg.allow_download)
+    return out
 
-    def __init__(self, cfg: DataConfig, tokenizer: str):
+
+def open_source(cfg: DataConfig, tokenizer: Optional[str]):
+    """The reader for ``cfg``: :class:`TextSource`, :class:`ImageSource` (ImageFolder) or ``HFImageSource``.
+
+    Raises:
+        DataError / ConfigError: as the readers; a text format for image data or the reverse.
+    """
+    if cfg.kind == "image" and cfg.test_source and cfg.test_source.lower().endswith(TEXT_EXTENSIONS):
+        return ImageSource(cfg)  # raises its one-line ConfigError
+    formats = _formats(cfg)
+    if cfg.kind == "text":
+        assert tokenizer is not None
+        return TextSource(cfg, tokenizer, formats)
+    if set(formats.values()) <= {"imagefolder"} and cfg.client_column is None:
+        return ImageSource(cfg)
+    if "csv" in formats.values():
+        raise ConfigError(f"data.kind=image but data.source={cfg.source} is a text table")
+    if "imagefolder" in formats.values():
+        raise ConfigError("data.partition=natural on images needs a source read through datasets (parquet, "
+                          "disk, hf_imagefolder with a metadata file), not a plain ImageFolder"
+                          if cfg.client_column is not None else
+                          "data.source and data.test_source must both be ImageFolders or both datasets sources")
+    return HFImageSource(cfg, HFLoader(cfg), formats)
+
+
+class TextSource:
+    """A text table tokenized per call to :meth:`encode` with the backbone's fast tokenizer; one text column,
+    or two (``data.text_columns``) encoded as a sentence pair ``tokenizer(a, b)``."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: str, formats: Optional[dict[str, str]] = None):
         self.cfg = cfg
-        train = read_text_table(cfg.source, cfg.text_column, cfg.label_column)
-        self.class_names, integer = label_vocabulary(train)
-        self.tables = {"train": train}
-        self.labels = {"train": encode_labels(train, self.class_names, integer)}
-        if cfg.test_source:
-            test = read_text_table(cfg.test_source, cfg.text_column, cfg.label_column)
-            self.tables["test"] = test
-            self.labels["test"] = encode_labels(test, self.class_names, integer)
+        self.formats = formats or _formats(cfg)
+        self.loader = HFLoader(cfg)
+        cols = list(cfg.text_columns) if cfg.text_columns else [cfg.text_column]
+        self.pair = len(cols) == 2
+        try:
+            train = self._read(cfg.source, "train", cols, cfg.client_column)
+            self.class_names, integer = label_vocabulary(train)
+            self.tables = {"train": train}
+            self.labels = {"train": encode_labels(train, self.class_names, integer)}
+            if cfg.test_source:
+                test = self._read(cfg.test_source, "test", cols, None)
+                self.tables["test"] = test
+                self.labels["test"] = encode_labels(test, self.class_names, integer)
+        finally:
+            self.loader.close()  # the columns are in memory now
+        self.train_clients = train.clients
         self.tokenizer_name = tokenizer
         self.example_shape: tuple[int, ...] = (cfg.max_length,)
+
+    def _read(self, path: str, role: str, cols: list, client: Optional[str]):
+        fmt = self.formats[role]
+        pair = cols[1] if self.pair else None
+        if fmt == "csv":
+            return read_text_table(path, cols[0], self.cfg.label_column, pair_column=pair, client_column=client,
+                                   header=self.cfg.header)
+        if fmt in BUILT_IN:
+            raise ConfigError(f"data.kind=text but {path} is read as data.format={fmt}")
+        return self.loader.text_table(path, fmt, role, cols[0], self.cfg.label_column, pair, client)
 
     @property
     def tok(self):
@@ -84,8 +138,10 @@ class TextSource:
         return _load_tokenizer(self.tokenizer_name)
     def encode(self, split: str, idx: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Token ids int32 (n, max_length) right-padded with the pad id, and lengths int32 (n,)."""
-        texts = [self.tables[split].texts[i] for i in idx]
-        enc = self.tok(texts, truncation=True, max_length=self.cfg.max_length, padding="max_length",
+        table = self.tables[split]
+        texts = [table.texts[i] for i in idx]
+        pairs = [table.pairs[i] for i in idx] if table.pairs is not None else None
+        enc = self.tok(texts, pairs, truncation=True, max_length=self.cfg.max_length, padding="max_length",
                        return_attention_mask=True, return_token_type_ids=False, return_tensors="np")
         ids = np.ascontiguousarray(enc["input_ids"], dtype=np.int32)  # (n, L)
         lengths = enc["attention_mask"].sum(axis=1).astype(np.int32)  # (n,)
@@ -93,8 +149,11 @@ class TextSource:
 
     def preprocessing(self) -> dict:
         tok = self.tok
+        pair = {"pair": {"columns": list(self.cfg.text_columns), "encoding": "tokenizer(a, b): a [sep] b, "
+                         "truncation longest_first; token type ids not stored"}} if self.pair else {}
         return {
             "kind": "text",
+            **pair,
             "tokenizer": {
                 "name_or_path": self.tokenizer_name,
                 "class": type(tok).__name__,
@@ -107,7 +166,9 @@ class TextSource:
         }
 
     def sources(self) -> dict:
-        return {split: {"path": str(t.path), "bytes": t.path.stat().st_size, "rows": len(t.texts)}
+        return {split: {"path": str(t.path), "bytes": t.path.stat().st_size if t.path.is_file() else None,
+                        "rows": len(t.texts), **({} if self.formats[split] == "csv" else
+                                                 {"format": self.formats[split]})}
                 for split, t in self.tables.items()}
 
     def close(self) -> None:
@@ -124,6 +185,7 @@ class ImageSource:
                 f"data.test_source={cfg.test_source} is a text table but data.kind=image; "
                 "set data.test_source=null to use the source's test/ folder"
             )
+        self.train_clients: Optional[list[str]] = None
         self.srcs: dict[str, ImageFolderSource] = {}
         self.members: dict[str, list[str]] = {}
         self.labels: dict[str, np.ndarray] = {}

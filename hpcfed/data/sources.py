@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import zipfile
 from dataclasses import dataclass
@@ -27,12 +28,19 @@ TEXT_EXTENSIONS = (".tsv", ".tab", ".csv", ".txt")
 
 @dataclass
 class TextTable:
-    """Rows of a text table: ``texts[i]`` with raw label string ``labels[i]`` read at ``line_numbers[i]``."""
+    """Rows of a text table: ``texts[i]`` (and ``pairs[i]``, the second text of a sentence pair) with raw label
+    string ``labels[i]`` and raw client id ``clients[i]`` (``data.client_column``), read at ``line_numbers[i]``
+    (a 1-based file line, or a row number when ``where`` is 'row')."""
 
     path: Path
     texts: list[str]
     labels: list[str]
     line_numbers: list[int]
+    pairs: Optional[list[str]] = None
+    clients: Optional[list[str]] = None
+    where: str = "line"
+    class_order: Optional[list[str]] = None
+    """The data set's own class order (a ``datasets`` ClassLabel), used instead of sorting."""
 
 
 def _decode_utf8(path: Path, raw: bytes) -> str:
@@ -50,13 +58,34 @@ def _decode_utf8(path: Path, raw: bytes) -> str:
         ) from None
 
 
-def read_text_table(path: str | Path, text_column: str, label_column: str) -> TextTable:
-    """Read a CSV (``,``, standard quoting) or TSV (``.tsv``/``.tab``: tab, ``csv.QUOTE_NONE``) file with a
-    header row naming ``text_column`` and ``label_column``. Blank lines are skipped.
+def _column_positions(path: Path, first: list[str], wanted: dict[str, str | int], header: bool) -> dict[str, int]:
+    """Position of each wanted column (role -> name, or 0-based index when ``header`` is false)."""
+    pos: dict[str, int] = {}
+    for role, col in wanted.items():
+        if header:
+            if str(col) not in first:
+                raise DataError(f"{path}: no column '{col}' in header (columns: {', '.join(first) or 'none'})")
+            pos[role] = first.index(str(col))
+        else:
+            i = int(col)
+            if not 0 <= i < len(first):
+                raise DataError(f"{path}: data.{role}={col} is out of range: line 1 has {len(first)} fields "
+                                f"(indices 0..{len(first) - 1}, data.header=false)")
+            pos[role] = i
+    return pos
+
+
+def read_text_table(path: str | Path, text_column: str | int, label_column: str | int, *,
+                    pair_column: Optional[str | int] = None, client_column: Optional[str | int] = None,
+                    header: bool = True) -> TextTable:
+    """Read a CSV (``,``, standard quoting) or TSV (``.tsv``/``.tab``: tab, ``csv.QUOTE_NONE``) file. With
+    ``header`` the first row names the columns; without, columns are 0-based indices and every row is data
+    (AG News style). ``pair_column`` is the second text of a sentence pair; ``client_column`` a client id.
+    Blank lines are skipped.
 
     Raises:
-        DataError: missing/unreadable file, not UTF-8 (with line number), missing column, a row with the wrong
-            number of fields.
+        DataError: missing/unreadable file, not UTF-8 (with line number), missing column or index out of range,
+            a row with the wrong number of fields.
     """
     path = Path(path)
     if not path.is_file():
@@ -70,41 +99,44 @@ def read_text_table(path: str | Path, text_column: str, label_column: str) -> Te
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
         reader = csv.reader(io.StringIO(text, newline=""))
+    wanted: dict[str, str | int] = {"text_column": text_column, "label_column": label_column}
+    if pair_column is not None:
+        wanted["text_columns[1]"] = pair_column
+    if client_column is not None:
+        wanted["client_column"] = client_column
+    cols: dict[str, list[str]] = {role: [] for role in wanted}
+    lines: list[int] = []
     try:
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: empty file (expected a header row with '{text_column}' and '{label_column}')")
-        header = [h.strip() for h in header]
-        for col in (text_column, label_column):
-            if col not in header:
-                raise DataError(f"{path}: no column '{col}' in header (columns: {', '.join(header) or 'none'})")
-        ti, li = header.index(text_column), header.index(label_column)
-        texts: list[str] = []
-        labels: list[str] = []
-        lines: list[int] = []
-        for row in reader:
+        first = next(reader, None)
+        if first is None:
+            raise DataError(f"{path}: empty file" + (
+                f" (expected a header row with '{text_column}' and '{label_column}')" if header else ""))
+        if header:
+            first = [h.strip() for h in first]
+        pos = _column_positions(path, first, wanted, header)
+        rows = reader if header else itertools.chain([first], reader)
+        for row in rows:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
-            if len(row) != len(header):
+            if len(row) != len(first):
                 raise DataError(
-                    f"{path}: line {reader.line_num}: {len(row)} fields, header has {len(header)}"
-                    + (" (a tab inside the text?)" if "\t" not in header and len(row) > len(header) else "")
+                    f"{path}: line {reader.line_num}: {len(row)} fields, "
+                    + (f"header has {len(first)}" if header else f"line 1 has {len(first)}")
+                    + (" (a tab inside the text?)" if "\t" not in first and len(row) > len(first) else "")
                 )
-            texts.append(row[ti])
-            labels.append(row[li].strip())
+            for role, i in pos.items():
+                cols[role].append(row[i] if role in ("text_column", "text_columns[1]") else row[i].strip())
             lines.append(reader.line_num)
     except csv.Error as e:
         raise DataError(f"{path}: line {reader.line_num}: {e}") from None
-    if not texts:
-        raise DataError(f"{path}: no rows after the header")
-    return TextTable(path, texts, labels, lines)
+    if not lines:
+        raise DataError(f"{path}: no rows" + (" after the header" if header else ""))
+    return TextTable(path, cols["text_column"], cols["label_column"], lines, cols.get("text_columns[1]"),
+                     cols.get("client_column"))
 
 
-def label_vocabulary(table: TextTable) -> tuple[list[str], bool]:
-    """Class names of a training table and whether labels are integers.
-
-    Integer labels (every label parses as an int >= 0) give classes ``'0' .. str(max)``; otherwise the sorted
-    unique strings are the classes.
+def _parse_ints(table: TextTable) -> Optional[list[int]]:
+    """The labels as ints when every label is one (else None).
 
     Raises:
         DataError: empty label, negative integer, integers mixed with strings.
@@ -112,7 +144,7 @@ def label_vocabulary(table: TextTable) -> tuple[list[str], bool]:
     ints: list[Optional[int]] = []
     for lab, line in zip(table.labels, table.line_numbers):
         if lab == "":
-            raise DataError(f"{table.path}: line {line}: empty label")
+            raise DataError(f"{table.path}: {table.where} {line}: empty label")
         try:
             ints.append(int(lab))
         except ValueError:
@@ -121,40 +153,65 @@ def label_vocabulary(table: TextTable) -> tuple[list[str], bool]:
     if n_int == len(ints):
         bad = next((i for i, v in enumerate(ints) if v < 0), None)  # type: ignore[operator]
         if bad is not None:
-            raise DataError(f"{table.path}: line {table.line_numbers[bad]}: negative label {table.labels[bad]!r}")
-        return [str(i) for i in range(max(ints) + 1)], True  # type: ignore[type-var]
+            raise DataError(f"{table.path}: {table.where} {table.line_numbers[bad]}: negative label "
+                            f"{table.labels[bad]!r}")
+        return ints  # type: ignore[return-value]
     if n_int:
         i = next(i for i, v in enumerate(ints) if v is not None)
         j = next(i for i, v in enumerate(ints) if v is None)
+        w = table.where
         raise DataError(
             f"{table.path}: label column mixes integers and strings "
-            f"(line {table.line_numbers[i]}: {table.labels[i]!r}, line {table.line_numbers[j]}: {table.labels[j]!r})"
+            f"({w} {table.line_numbers[i]}: {table.labels[i]!r}, {w} {table.line_numbers[j]}: {table.labels[j]!r})"
         )
+    return None
+
+
+def label_vocabulary(table: TextTable) -> tuple[list[str], bool]:
+    """Class names of a training table and whether labels are integers.
+
+    Class ids are contiguous, 0..C-1, over the labels that occur: integer labels (every label parses as an int
+    >= 0) are ordered by value and named by it (labels 1..4 give ids 0..3 named '1'..'4', with no empty class
+    '0'); otherwise the sorted unique strings are the classes (or those of ``table.class_order`` that occur).
+
+    Raises:
+        DataError: empty label, negative integer, integers mixed with strings.
+    """
+    if table.class_order is not None:
+        present = set(table.labels)
+        return [n for n in table.class_order if n in present], False
+    ints = _parse_ints(table)
+    if ints is not None:
+        return [str(v) for v in sorted(set(ints))], True
     return sorted(set(table.labels)), False
 
 
+def _describe_classes(class_names: list[str], integer: bool) -> str:
+    if integer and [int(c) for c in class_names] == list(range(int(class_names[0]), int(class_names[-1]) + 1)):
+        return f"{class_names[0]}..{class_names[-1]}"
+    return ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
+
+
 def encode_labels(table: TextTable, class_names: list[str], integer: bool) -> np.ndarray:
-    """Map a table's raw labels to class ids (int64, shape (N,)).
+    """Map a table's raw labels to class ids (int64, shape (N,)): the position of the label among the training
+    ``class_names`` (integer labels are matched by value, so '01' is class '1').
 
     Raises:
-        DataError: a label that is not one of ``class_names`` (reports the line).
+        DataError: a label that is not one of ``class_names`` (reports the file, line and label).
     """
     out = np.empty(len(table.labels), dtype=np.int64)
     lookup = {name: i for i, name in enumerate(class_names)}
     for k, (lab, line) in enumerate(zip(table.labels, table.line_numbers)):
+        key = lab
         if integer:
             try:
-                v = int(lab)
+                key = str(int(lab))
             except ValueError:
-                v = -1
-            ok = 0 <= v < len(class_names)
-        else:
-            v = lookup.get(lab, -1)
-            ok = v >= 0
-        if not ok:
-            known = f"0..{len(class_names) - 1}" if integer else ", ".join(class_names[:10]) + (
-                ", ..." if len(class_names) > 10 else "")
-            raise DataError(f"{table.path}: line {line}: unknown label {lab!r} (training labels: {known})")
+                pass
+        v = lookup.get(key, -1)
+        if v < 0:
+            raise DataError(f"{table.path}: {table.where} {line}: unknown label {lab!r} "
+                            f"(training labels: {_describe_classes(class_names, integer)})")
         out[k] = v
     return out
 

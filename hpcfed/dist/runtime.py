@@ -101,7 +101,12 @@ def _rendezvous(info: LaunchInfo) -> tuple[str, int]:
     if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
         return os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     if info.launcher == "mpi":
-        from mpi4py import MPI  # imported here: only MPI launches need it
+        try:
+            from mpi4py import MPI  # imported here: only MPI launches need it
+        except ImportError:
+            raise ConfigError("launched by MPI but mpi4py is not installed: pip install 'hpcfed[mpi]', or mpi4py "
+                              "built against the site's MPI (README: using a cluster's MPI), or set MASTER_ADDR "
+                              "and MASTER_PORT") from None
 
         comm = MPI.COMM_WORLD
         addr = None
@@ -192,8 +197,8 @@ def init_runtime(*, device: str = "auto", backend: str = "auto", timeout_s: floa
         num_threads: CPU threads for this rank; None divides the node's cores among its local ranks.
 
     Raises:
-        ConfigError: 'cuda' requested without a CUDA device (:func:`resolve_device`).
-        RuntimeError: 'nccl' on CPU.
+        ConfigError: 'cuda' requested without a CUDA device (:func:`resolve_device`); 'nccl' on CPU; a backend
+            outside 'auto' / 'nccl' / 'gloo'; an MPI launch without mpi4py (one line each, naming the key).
     """
     info = detect_launch()
     dev = resolve_device(device, info.local_rank)
@@ -205,10 +210,13 @@ def init_runtime(*, device: str = "auto", backend: str = "auto", timeout_s: floa
             num_threads = max(1, (os.cpu_count() or 1) // max(1, info.local_world_size))
             num_threads = min(num_threads, cores)
         torch.set_num_threads(num_threads)
+    if backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(f"dist.backend={backend!r} is not valid; valid: auto, nccl, gloo")
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if backend == "nccl" and dev.type != "cuda":
-        raise RuntimeError("dist.backend=nccl needs CUDA; use gloo on CPU")
+        raise ConfigError(f"dist.backend=nccl needs a CUDA device, but this process runs on {dev.type} "
+                          f"(dist.device={device}); use dist.backend=gloo or auto")
     if info.world_size > 1 and not dist.is_initialized():
         addr, port = _rendezvous(info)
         dist.init_process_group(

@@ -243,26 +243,62 @@ class LocalTrainer:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ClientData, device: torch.device, *, batch_size: int = 256,
-             bf16: bool = False, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-    """Loss and accuracy sums of ``model`` on the examples ``shard[0]::shard[1]`` of ``data``.
+             bf16: bool = False, shard: tuple[int, int] = (0, 1), num_classes: Optional[int] = None) -> torch.Tensor:
+    """Loss and accuracy sums of ``model`` on the examples ``shard[0]::shard[1]`` of ``data``, and with
+    ``num_classes`` K the confusion counts too.
 
     Text is sorted by length so batches carry little padding (exact: padding is masked).
 
     Returns:
-        float64 tensor (3,) on ``device``: [sum of losses, number correct, number of examples]; sum over
-        shards and divide to get the mean loss and the accuracy.
+        float64 tensor on ``device``: [sum of losses, number correct, number of examples] (3,), followed, when
+        ``num_classes`` is given, by the K×K confusion matrix flattened row-major (entry [t, p]: examples of
+        true class t predicted as p), (3 + K²,) in all. Every entry is a sum: add the tensors of the shards
+        (one all-reduce) and divide to get the mean loss and the accuracy; :func:`confusion_metrics` turns the
+        summed confusion matrix into balanced accuracy and macro-F1.
+
+    Raises:
+        ValueError: the model has more outputs, or the data a larger label, than ``num_classes``.
     """
     model.eval()
     idx = torch.arange(shard[0], len(data), shard[1])
     if data.lengths is not None and len(idx):
         idx = idx[torch.argsort(data.lengths[idx], stable=True)]
-    out = torch.zeros(3, dtype=torch.float64, device=device)
+    k = num_classes or 0
+    out = torch.zeros(3 + k * k, dtype=torch.float64, device=device)
     for b in idx.split(batch_size):
         x, y, lengths = batch_to(data, b, device)
         with autocast_ctx(device, bf16):
             logits = model(x, lengths)
         logits = logits.float()
+        pred = logits.argmax(-1)
         out[0] += F.cross_entropy(logits, y, reduction="sum").double()
-        out[1] += (logits.argmax(-1) == y).sum()
+        out[1] += (pred == y).sum()
         out[2] += len(b)
+        if k:
+            if logits.shape[-1] > k or int(y.max()) >= k:
+                raise ValueError(f"evaluate: {logits.shape[-1]} model outputs / label {int(y.max())} do not fit "
+                                 f"num_classes={k}")
+            out[3:] += torch.bincount(y * k + pred, minlength=k * k).double()  # (K*K,) row = true class
     return out
+
+
+def confusion_metrics(confusion: torch.Tensor) -> dict[str, float]:
+    """Class-balanced metrics of a confusion matrix (counts; entry [t, p] = true class t predicted as p).
+
+    Args:
+        confusion: (K, K) counts, any real dtype.
+
+    Returns:
+        ``balanced_acc``: mean over the classes present in the labels (row sum > 0) of their recall, as
+        sklearn's ``balanced_accuracy_score``; ``macro_f1``: mean over the classes present in the labels or
+        the predictions of F1 = 2·TP / (2·TP + FP + FN), as sklearn's ``f1_score(average="macro")``;
+        ``pred_classes``: the number of classes predicted at least once. An empty matrix gives NaN metrics.
+    """
+    c = confusion.double()
+    tp, true_n, pred_n = c.diagonal(), c.sum(1), c.sum(0)
+    present = true_n > 0
+    seen = present | (pred_n > 0)
+    nan = float("nan")
+    bal = float((tp[present] / true_n[present]).mean()) if present.any() else nan
+    f1 = float((2 * tp[seen] / (true_n[seen] + pred_n[seen])).mean()) if seen.any() else nan
+    return {"balanced_acc": bal, "macro_f1": f1, "pred_classes": int((pred_n > 0).sum())}

@@ -22,7 +22,7 @@ from hpcfed.data import ClientData, ShardedDataset
 from hpcfed.dist import Comm, place_clients
 from hpcfed.fl.aggregate import Aggregator
 from hpcfed.fl.algorithm import Algorithm
-from hpcfed.fl.client import LocalTrainer, evaluate
+from hpcfed.fl.client import LocalTrainer, confusion_metrics, evaluate
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
 from hpcfed.fl.state_store import ClientStateStore
@@ -286,24 +286,100 @@ class FederatedLoop:
         return self.algorithm.evaluate(self)
 
     def evaluate_test(self, model: Optional[nn.Module] = None) -> dict:
-        """Test loss/accuracy of the global model (or of ``model``, which must read the flat buffer); the test
-        set is split over ranks and summed."""
+        """Test metrics of the global model (or of ``model``, which must read the flat buffer): ``test_loss``,
+        ``test_acc``, ``test_balanced_acc``, ``test_macro_f1`` and ``test_pred_classes`` (classes predicted at
+        least once). The test set is split over ranks; the loss sums and the confusion counts are summed in
+        one all-reduce and the metrics computed from the totals."""
         if self.test_data is None:
             return {}
+        model = model if model is not None else self.model
         self.flat.data.copy_(self.theta_global)
-        sums = evaluate(model if model is not None else self.model, self.test_data, self.device, batch_size=self.cfg.eval.batch_size,
-                        bf16=self.cfg.fl.local.bf16, shard=(self.comm.rank, self.comm.world_size))
+        k = self.num_classes(model)
+        sums = evaluate(model, self.test_data, self.device, batch_size=self.cfg.eval.batch_size,
+                        bf16=self.cfg.fl.local.bf16, shard=(self.comm.rank, self.comm.world_size), num_classes=k)
         sums = self.comm.all_reduce_sum(sums, tag="eval")
-        loss, correct, count = sums.tolist()
-        return {"test_loss": loss / max(count, 1.0), "test_acc": correct / max(count, 1.0)}
+        loss, correct, count = sums[:3].tolist()
+        cm = confusion_metrics(sums[3:].view(k, k))  # (K, K) counts over all ranks
+        return {"test_loss": loss / max(count, 1.0), "test_acc": correct / max(count, 1.0),
+                "test_balanced_acc": cm["balanced_acc"], "test_macro_f1": cm["macro_f1"],
+                "test_pred_classes": cm["pred_classes"]}
+
+    def num_classes(self, model: Optional[nn.Module] = None) -> int:
+        """K for the confusion matrix: the widest of the model's head (``model.head.out_features``, when it has
+        one), ``model.num_classes`` of the config, the data set's classes and the test labels."""
+        head = getattr(model if model is not None else self.model, "head", None)
+        k = max(int(getattr(head, "out_features", 0) or 0), self.cfg.model.num_classes or 0,
+                int(getattr(self.dataset, "num_classes", 0) or 0))
+        if self.test_data is not None and len(self.test_data.y):
+            k = max(k, int(self.test_data.y.max()) + 1)
+        return k
+
+    def test_majority_rate(self) -> Optional[float]:
+        """Share of the test split's examples in its most frequent class: the accuracy of always predicting that
+        class (None without a test split)."""
+        if self.test_data is None or not len(self.test_data.y):
+            return None
+        counts = torch.bincount(self.test_data.y)
+        return float(counts.max()) / float(counts.sum())
+
+    def health_warnings(self, metrics: dict) -> list[str]:
+        """Warnings about round ``metrics`` (already appended to ``state.history``): ``"train_loss_rising"`` when
+        the mean client training loss rose in each of the last ``eval.warn_loss_rise_rounds`` rounds,
+        ``"non_finite_loss"`` when it is NaN or infinite (the usual divergence, which comparisons miss), and
+        ``"single_class"`` when the evaluated global model predicted one class for the whole test split (whose
+        labels have more than one)."""
+        out = []
+        k = self.cfg.eval.warn_loss_rise_rounds
+        losses = [h["train_loss"] for h in self.state.history if isinstance(h.get("train_loss"), float)]
+        if k and "train_loss" in metrics and len(losses) > k \
+                and all(losses[i] > losses[i - 1] for i in range(len(losses) - k, len(losses))):
+            out.append("train_loss_rising")
+        loss = metrics.get("train_loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            out.append("non_finite_loss")
+        if metrics.get("test_pred_classes") == 1 and self.test_data is not None \
+                and int((torch.bincount(self.test_data.y) > 0).sum()) > 1:
+            out.append("single_class")
+        return out
+
+    def _warn(self, m: dict) -> None:
+        """Put the round's :meth:`health_warnings` in ``m["warnings"]``; rank 0 logs a warning line when one
+        starts (not again while it holds in the following rounds: the flag stays in every round's metrics)."""
+        warnings = self.health_warnings(m)
+        if not warnings:
+            return
+        m["warnings"] = warnings
+        previous = self.state.history[:-1]
+        before = [h.get("warnings", []) for h in previous if "train_loss" in h][-1:]
+        evaluated = [h.get("warnings", []) for h in previous if "test_pred_classes" in h][-1:]
+        if self.comm.rank != 0:
+            return
+        r = m["round"]
+        if "train_loss_rising" in warnings and not (before and "train_loss_rising" in before[0]):
+            k = self.cfg.eval.warn_loss_rise_rounds
+            recent = [f"{h['train_loss']:.4g}" for h in self.state.history[-k - 1:] if "train_loss" in h]
+            log.warning("round %d: mean client training loss rose %d rounds in a row (%s); the run may be "
+                        "diverging (eval.warn_loss_rise_rounds=%d)", r, k, " -> ".join(recent), k)
+        if "non_finite_loss" in warnings and not (before and "non_finite_loss" in before[0]):
+            log.warning("round %d: mean client training loss is %s; the run has diverged", r, m["train_loss"])
+        if "single_class" in warnings and not (evaluated and "single_class" in evaluated[0]):
+            rate = self.test_majority_rate()
+            log.warning("round %d: the global model predicts a single class for the whole test split "
+                        "(test_acc %.4f, majority-class rate %.4f)", r, m.get("test_acc", float("nan")),
+                        rate if rate is not None else float("nan"))
 
     # -- all rounds ----------------------------------------------------------------------------------
     def run(self) -> RoundState:
         """Run rounds ``state.round + 1 .. cfg.fl.rounds``; returns the final state."""
         cfg = self.cfg
+        rate = self.test_majority_rate()
+        if rate is not None and self.comm.rank == 0:
+            log.info("test split: %d examples, majority-class rate %.4f (the accuracy of always predicting one "
+                     "class; see test_balanced_acc / test_macro_f1)", len(self.test_data.y), rate)
         if self.state.round == 0 and cfg.eval.at_round0:
             m = {"round": 0, **self.evaluate_global()}
             self.state.history.append(m)
+            self._warn(m)
             for cb in self.callbacks:
                 cb.on_round_end(self, m)
         for r in range(self.state.round + 1, cfg.fl.rounds + 1):
@@ -314,6 +390,7 @@ class FederatedLoop:
                 m["eval_s"] = time.perf_counter() - t0
             self.state.round = r
             self.state.history.append(m)
+            self._warn(m)
             stop = None
             if m["clients_failed"] > self.max_failed_clients:
                 stop = (f"{m['clients_failed']} clients failed in round {r} "

@@ -10,11 +10,15 @@ open_clip (``hpcfed/models/clip.py``): CLIP's vision tower with a head initialis
 classifier of the data set's class names.
 
 The backbone is ``model.backbone`` and the head ``model.head`` (a ``nn.Linear``), so PEFT methods select
-parameters by name prefix. Nothing is downloaded unless ``model.allow_download`` is set.
+parameters by name prefix. ``model.name`` (a hub repo id) is read from the local Hugging Face cache
+(:mod:`hpcfed.models.hub`); nothing is downloaded unless ``model.allow_download`` is set. Image models take their
+input size and normalisation from the pretrained config; resampling pretrained weights to other sizes needs
+``model.resample``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -174,6 +178,11 @@ def _hf_backbone(cfg: ModelConfig) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     local_only = not cfg.allow_download
+    if cfg.name:  # the hub repo's cached snapshot folder, loaded as a local folder
+        from hpcfed.models.hub import snapshot_folder
+
+        cfg = replace(cfg, path=str(snapshot_folder(cfg)), name=None)
+        local_only = True
     if cfg.path:
         p = Path(cfg.path)
         if local_only and not p.exists():
@@ -224,6 +233,12 @@ def _timm_backbone(cfg: ModelConfig) -> tuple[nn.Module, tuple, tuple]:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    from hpcfed.models.hub import check_resampling, timm_hub_backbone
+
+    if cfg.name:
+        m = timm_hub_backbone(cfg)
+        dc = m.pretrained_cfg or {}
+        return m, tuple(dc.get("mean", (0.5,) * 3)), tuple(dc.get("std", (0.5,) * 3))
     if cfg.arch == "tiny":
         m = VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.hidden_size,
                               depth=cfg.num_layers, num_heads=cfg.num_heads,
@@ -231,12 +246,14 @@ def _timm_backbone(cfg: ModelConfig) -> tuple[nn.Module, tuple, tuple]:
         if cfg.path and cfg.pretrained:
             _load_state_dict_file(m, cfg.path)
         return m, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    kwargs = dict(num_classes=0, img_size=cfg.img_size, patch_size=cfg.patch_size)
+    # null sizes: the architecture's own (those of its pretrained weights)
+    kwargs = dict(num_classes=0, **{k: getattr(cfg, k) for k in ("img_size", "patch_size") if getattr(cfg, k)})
     try:
         if cfg.path and cfg.pretrained:
             if not Path(cfg.path).exists():
                 raise ModelError(f"model.path={cfg.path}: no such file")
             m = timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay=dict(file=cfg.path), **kwargs)
+            check_resampling(m, Path(cfg.path), cfg, f"model.path={cfg.path}")
         else:
             m = timm.create_model(cfg.arch, pretrained=False, **kwargs)
     except RuntimeError as e:
@@ -260,8 +277,11 @@ def build_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[s
     if cfg.family == "hf_text":
         return TextClassifier(_hf_backbone(cfg), num_classes, pooling=cfg.pooling, dropout=cfg.dropout)
     if cfg.family == "timm_vit":
+        from hpcfed.models.hub import input_size
+
         backbone, mean, std = _timm_backbone(cfg)
-        return ImageClassifier(backbone, num_classes, mean, std, dropout=cfg.dropout, img_size=cfg.img_size)
+        return ImageClassifier(backbone, num_classes, mean, std, dropout=cfg.dropout,
+                               img_size=input_size(backbone, cfg.img_size))
     if cfg.family == "open_clip":
         from hpcfed.models.clip import build_clip_classifier
 

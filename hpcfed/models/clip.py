@@ -11,9 +11,11 @@ embeddings (K, E) times CLIP's temperature ``exp(logit_scale)`` and its bias is 
 for CLIP; SigLIP-style models have one), so at round 0 the classifier's logits are exactly CLIP's zero-shot
 logits ``exp(s) · f_img · f_txtᵀ (+ b)``. The text tower is then dropped (it is never trained).
 
-Nothing is downloaded: ``model.path`` is a local checkpoint file (``create_model(arch, pretrained=path)``)
-or a local open_clip folder (``local-dir:`` schema); ``arch='tiny'`` builds a small random CLIP from the
-``ModelConfig`` sizes (tests). The default ``SimpleTokenizer`` reads its BPE vocabulary from the package.
+``model.name`` is an open_clip hub repo read from the local Hugging Face cache (:mod:`hpcfed.models.hub`;
+downloaded only with ``model.allow_download``); ``model.path`` is a local checkpoint file
+(``create_model(arch, pretrained=path)``) or a local open_clip folder (``local-dir:`` schema); ``arch='tiny'``
+builds a small random CLIP from the ``ModelConfig`` sizes (tests). The input size and pixel statistics are the
+model's own (``model.img_size`` may only differ with ``model.resample``). The default ``SimpleTokenizer`` reads its BPE vocabulary from the package.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def create_clip(cfg: ModelConfig):
 
     from hpcfed.models.errors import ModelError
 
-    if cfg.arch == "tiny" and not cfg.path:
+    if cfg.arch == "tiny" and not cfg.path and not cfg.name:
         from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
         if cfg.hidden_size % cfg.num_heads:
@@ -82,25 +84,75 @@ def create_clip(cfg: ModelConfig):
         model = CLIP(embed_dim=width, vision_cfg=vision, text_cfg=text)
         return model, open_clip.SimpleTokenizer(context_length=TINY_CONTEXT_LENGTH), CLIP_MEAN, CLIP_STD
 
-    if not cfg.allow_download and cfg.arch.startswith("hf-hub:"):
-        raise ModelError(f"model.arch={cfg.arch!r} needs the network (set model.allow_download=true where one "
-                         "exists, or give a local checkpoint in model.path)")
+    if cfg.arch.startswith("hf-hub:"):
+        raise ModelError(f"model.arch={cfg.arch!r}: a hub model needs the network or the local cache; give its "
+                         "repo id in model.name (model.allow_download=true to download it)")
     if cfg.path and not cfg.allow_download and not _is_local(cfg.path):
         raise ModelError(f"model.path={cfg.path}: no such file or folder")
-    if cfg.path and Path(cfg.path).is_dir():
-        name, pretrained = f"local-dir:{cfg.path}", None  # open_clip_config.json + weights in the folder
+    source = f"model.name={cfg.name}" if cfg.name else (f"model.path={cfg.path}" if cfg.path else f"model.arch={cfg.arch}")
+    folder = None
+    if cfg.name:
+        from hpcfed.models.hub import snapshot_folder
+
+        folder = snapshot_folder(cfg)
+    elif cfg.path and Path(cfg.path).is_dir():
+        folder = Path(cfg.path)
+    if folder is not None:
+        name, pretrained = f"local-dir:{folder}", None  # open_clip_config.json + weights in the folder
     else:
         name, pretrained = cfg.arch, (cfg.path if cfg.pretrained else None)
+    force_size = _checked_image_size(cfg, folder, source)
     try:
         model = open_clip.create_model(name, pretrained=pretrained, load_weights=cfg.pretrained,
-                                       pretrained_image=False, pretrained_text=False)
+                                       pretrained_image=False, pretrained_text=False, force_image_size=force_size)
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, ValueError, FileNotFoundError, OSError) as e:
-        raise ModelError(f"model.arch={cfg.arch!r} (open_clip): {str(e).splitlines()[0]}") from None
+        raise ModelError(f"{source} (open_clip): {str(e).splitlines()[0]}") from None
     pp = open_clip.get_model_preprocess_cfg(model)
     mean = tuple(pp.get("mean") or CLIP_MEAN)
     std = tuple(pp.get("std") or CLIP_STD)
     return model, tokenizer, mean, std
+
+
+def _checked_image_size(cfg: ModelConfig, folder: Optional[Path], source: str) -> Optional[int]:
+    """``force_image_size`` for open_clip: None when ``model.img_size`` is null or the model's own; the asked
+    size with ``model.resample`` (logged: open_clip resamples the position embedding).
+
+    Raises:
+        ModelError: ``model.img_size`` differs without ``model.resample``, or ``model.patch_size`` differs
+            (open_clip cannot resample patches).
+    """
+    import json
+    import logging
+
+    import open_clip
+
+    from hpcfed.models.errors import ModelError
+
+    if not cfg.img_size and not cfg.patch_size:
+        return None
+    try:
+        if folder is not None:
+            model_cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+        else:
+            model_cfg = open_clip.get_model_config(cfg.arch) or {}
+    except (OSError, ValueError, KeyError):
+        return None  # open_clip's own load reports an unreadable config
+    vision = model_cfg.get("vision_cfg", {})
+    own_size, own_patch = vision.get("image_size"), vision.get("patch_size")
+    own_size = own_size[0] if isinstance(own_size, (list, tuple)) else own_size
+    if cfg.patch_size and own_patch and cfg.patch_size != own_patch:
+        raise ModelError(f"model.patch_size={cfg.patch_size} differs from the patch size {own_patch} of {source} "
+                         "(open_clip cannot resample patches; leave it null)")
+    if not cfg.img_size or not own_size or cfg.img_size == own_size:
+        return None
+    if not cfg.resample:
+        raise ModelError(f"model.img_size={cfg.img_size} differs from the input size {own_size} of {source}; leave "
+                         "it null to use the model's own, or set model.resample=true to resample the position "
+                         "embedding")
+    logging.getLogger(__name__).info("model.resample: %s resampled from %d to %d px (position embedding)", source,
+                                     own_size, cfg.img_size)
+    return cfg.img_size
 
 
 def class_prompts(class_names: Sequence[str], template: str) -> list[str]:

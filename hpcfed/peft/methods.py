@@ -5,7 +5,7 @@ A method is a function ``(model, cfg) -> list of parameter names`` registered by
 into one :class:`~hpcfed.peft.flat.FlatParams` buffer. The classification head (``head.*``) is always
 trained. Methods know nothing of FL or ranks.
 
-Methods: ``head``, ``bias``, ``full``, ``lora`` (here), ``adapter`` (:mod:`hpcfed.peft.adapter`), ``prompt``
+Methods: ``head``, ``bias``, ``full``, ``lora``, ``peft`` (any Hugging Face peft config; here), ``adapter`` (:mod:`hpcfed.peft.adapter`), ``prompt``
 (:mod:`hpcfed.peft.prompt`). Each works on the three backbone families (``hf_text``, ``timm_vit``,
 ``open_clip``; see :mod:`hpcfed.peft.arch`). A method's own parameters share a name part (``lora_``,
 ``adapter_``, ``prompt``), so "what is trained / sent / saved" is a name filter.
@@ -89,6 +89,59 @@ def lora(model: nn.Module, cfg: PeftConfig) -> list[str]:
                           "changes the frozen weights by rounding; leave it null for open_clip")
     model.backbone = wrapped
     return [n for n, _ in model.named_parameters() if is_head(n) or "lora_" in n]
+
+
+# Keys of a peft config that hpcfed sets itself: the backbone is wrapped as a plain encoder (its head is hpcfed's),
+# and which parameters train is what the method decides.
+_PEFT_CONFIG_OWNED = {"task_type": "hpcfed wraps the backbone only; the classification head is its own",
+                      "inference_mode": "the adapter is trained"}
+
+
+@register("peft")
+def hf_peft(model: nn.Module, cfg: PeftConfig) -> list[str]:
+    """Any Hugging Face ``peft`` method given as a config mapping in ``peft.config`` (IA3, DoRA = LoRA with
+    ``use_dora: true``, LoHa, LoKr, AdaLoRA, VeRA, OFT, ...): ``peft.get_peft_config(peft.config)`` wraps the
+    backbone with ``peft.get_peft_model``, as :func:`lora` does, so exports are peft's ``save_pretrained`` files.
+
+    Trained: every backbone parameter peft leaves trainable (the method's own, e.g. ``ia3_l``, ``hada_w1_a``,
+    ``lora_magnitude_vector``, plus ``modules_to_save`` copies or biases where the config asks for them) and the
+    head. Without ``target_modules`` peft's defaults for the backbone's transformers ``model_type`` apply;
+    timm / open_clip backbones need them named. Methods that change their own shape during training (AdaLoRA's
+    rank budget) keep their initial shapes here: the flat buffer's layout is fixed.
+
+    Raises:
+        ConfigError: ``peft.config`` empty, without ``peft_type``, with a key hpcfed sets itself, or rejected by
+            peft (unknown type or field, no target modules found); one line naming the key.
+    """
+    from peft import get_peft_config, get_peft_model
+
+    spec = dict(cfg.config or {})
+    if not spec:
+        raise ConfigError("peft.method=peft needs peft.config: a Hugging Face peft config mapping, e.g. "
+                          "{peft_type: IA3, target_modules: [key, value, output.dense], feedforward_modules: "
+                          "[output.dense]}")
+    if "peft_type" not in spec:
+        raise ConfigError(f"peft.config: needs peft_type (e.g. LORA, IA3, LOHA, LOKR, ADALORA); got keys "
+                          f"{sorted(spec)}")
+    for key, why in _PEFT_CONFIG_OWNED.items():
+        if spec.get(key) not in (None, False):
+            raise ConfigError(f"peft.config.{key}={spec[key]!r}: leave it unset ({why})")
+    spec["peft_type"] = str(spec["peft_type"]).upper()
+    try:
+        pcfg = get_peft_config(spec)
+    except KeyError:
+        from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        raise ConfigError(f"peft.config.peft_type={spec['peft_type']!r} is not a peft method; choose one of: "
+                          f"{', '.join(str(getattr(t, 'value', t)) for t in PEFT_TYPE_TO_CONFIG_MAPPING)}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"peft.config ({spec['peft_type']}): {str(e).splitlines()[0]}") from None
+    try:
+        wrapped = get_peft_model(model.backbone, pcfg)
+    except (ValueError, TypeError, KeyError, NotImplementedError) as e:
+        raise ConfigError(f"peft.config ({spec['peft_type']}): {str(e).splitlines()[0]}") from None
+    model.backbone = wrapped
+    return [n for n, p in model.named_parameters() if is_head(n) or (n.startswith("backbone.") and p.requires_grad)]
 
 
 def apply_peft(model: nn.Module, cfg: PeftConfig) -> FlatParams:

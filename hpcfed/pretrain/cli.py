@@ -77,8 +77,8 @@ def base_config() -> Config:
 
 def model_words(m: ModelConfig) -> list[str]:
     """The ``model.*`` words that rebuild this architecture (sizes only matter for arch=tiny)."""
-    words = [f"model.family={m.family}", f"model.arch={m.arch}", f"model.img_size={m.img_size}",
-             f"model.patch_size={m.patch_size}"]
+    words = [f"model.family={m.family}", f"model.arch={m.arch}"]
+    words += [f"model.{k}={v}" for k, v in (("img_size", m.img_size), ("patch_size", m.patch_size)) if v is not None]
     if m.arch == "tiny":
         words += [f"model.hidden_size={m.hidden_size}", f"model.num_layers={m.num_layers}",
                   f"model.num_heads={m.num_heads}", f"model.intermediate_size={m.intermediate_size}"]
@@ -122,11 +122,12 @@ def main(argv: Optional[Sequence[str]] = None, log=print) -> int:
         return 2
 
     t0 = time.perf_counter()
-    data = FractalDataset(args.classes, args.per_class, size=cfg.model.img_size, seed=args.seed)
+    img_size = cfg.model.img_size or model.img_size  # null: the architecture's own input size
+    data = FractalDataset(args.classes, args.per_class, size=img_size, seed=args.seed)
     t_data = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.backbone.parameters())
     log(f"fractal data: {len(data)} images ({args.classes} classes x {args.per_class}) of "
-        f"{cfg.model.img_size}x{cfg.model.img_size} in {t_data:.1f} s; backbone {cfg.model.arch} "
+        f"{img_size}x{img_size} in {t_data:.1f} s; backbone {cfg.model.arch} "
         f"{n_params / 1e6:.2f}M parameters on {device}; objective {args.objective}")
     if args.grid is not None:
         save_grid(data.x[:: args.per_class][:100], str(args.grid))

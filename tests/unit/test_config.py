@@ -35,7 +35,7 @@ def test_all_shipped_configs_load():
         (["fl.foo=1"], "unknown key 'fl.foo'"),
         (["fl.rounds=abc"], "'fl.rounds'"),
         (["data.partition=zipf"], "data.partition='zipf' is not valid; choose one of: iid, dirichlet"),
-        (["peft.method=prefix"], "peft.method='prefix' is not valid; choose one of: head, bias, full, lora, adapter"),
+        (["peft.method=prefix"], "peft.method='prefix' is not valid; choose one of: head, bias, full, lora, peft, adapter"),
         (["data.alpha=0"], "data.alpha=0.0 must be > 0"),
         (["data.alpha=-1"], "data.alpha=-1.0 must be > 0"),
         (["fl.cohort_size=21"], "fl.cohort_size=21 is larger than data.num_clients=20"),

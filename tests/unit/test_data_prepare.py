@@ -55,7 +55,8 @@ def test_text_round_trip_with_minilm_tokenizer(tmp_path, tokenizer):
                      shard_dir=str(tmp_path / "shards"))
     root = prepare_shards(cfg, MINILM)
     assert root == tmp_path / "shards"
-    assert sorted(p.name for p in root.iterdir()) == ["index.json", "shard-00000.h5", "shard-00001.h5", "test.h5"]
+    assert sorted(p.name for p in root.iterdir()) == ["index.json", "label_distribution.png", "shard-00000.h5",
+                                                      "shard-00001.h5", "test.h5"]
 
     texts, raw = read_tsv(train)
     names = ["neg", "neutral", "pos"]  # sorted unique strings
@@ -100,11 +101,11 @@ def test_text_round_trip_with_minilm_tokenizer(tmp_path, tokenizer):
 
 @needs_minilm
 def test_text_integer_labels_csv_and_max_samples(tmp_path):
-    train = write_text_table(tmp_path / "train.csv", 30, classes=("0", "2"))  # class 1 absent: still a class
+    train = write_text_table(tmp_path / "train.csv", 30, classes=("0", "2"))  # class 1 absent: no class
     cfg = DataConfig(name="t", kind="text", source=str(train), test_source=None, partition="iid", num_clients=2,
                      num_shards=1, max_train_samples=11, shard_dir=str(tmp_path / "s"))
     with ShardedDataset(prepare_shards(cfg, MINILM)) as ds:
-        assert ds.class_names == ["0", "1", "2"]
+        assert ds.class_names == ["0", "2"]  # contiguous ids over the labels that occur
         assert sum(ds.client_num_samples(c) for c in range(2)) == 11
         assert not ds.has_test
         with pytest.raises(DataError, match="no test split"):
