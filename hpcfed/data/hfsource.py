@@ -21,7 +21,9 @@ import numpy as np
 from hpcfed.config import ConfigError, DataConfig
 from hpcfed.data.errors import DataError
 from hpcfed.data.shards import first_line
-from hpcfed.data.sources import TEXT_EXTENSIONS, TextTable, encode_labels, label_vocabulary
+from hpcfed.data.sources import (
+    TEXT_EXTENSIONS, TextTable, encode_labels, image_preprocessing, label_vocabulary, stack_images,
+)
 
 BUILT_IN = ("csv", "imagefolder")
 """Formats hpcfed reads itself (no ``datasets`` needed)."""
@@ -232,33 +234,25 @@ class HFImageSource:
         from PIL import Image
 
         ds, col = self.data[split]
-        out: Optional[np.ndarray] = None
-        for k, i in enumerate(idx):
-            try:
-                im = ds[int(i)][col].convert("RGB")
-            except Exception as e:  # noqa: BLE001 - PIL / datasets decode errors; report one line
-                raise DataError(f"{self.paths[split]}: row {int(i) + 1}: cannot decode image ({first_line(e)})"
-                                ) from None
-            size = self.cfg.image_size
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BICUBIC)
-            img = np.asarray(im, dtype=np.uint8)  # (H, W, 3)
-            if self.hw is None:
-                self.hw = img.shape[:2]
-            if img.shape[:2] != self.hw:
-                raise DataError(f"{self.paths[split]}: row {int(i) + 1}: image is {img.shape[1]}x{img.shape[0]}, "
-                                f"earlier images are {self.hw[1]}x{self.hw[0]}; set data.image_size to resize")
-            if out is None:
-                out = np.empty((len(idx),) + img.shape, dtype=np.uint8)  # (n, H, W, 3)
-            out[k] = img
-        assert out is not None
+        size = self.cfg.image_size
+
+        def decoded():
+            for i in idx:
+                where = f"{self.paths[split]}: row {int(i) + 1}"
+                try:
+                    im = ds[int(i)][col].convert("RGB")
+                except Exception as e:  # noqa: BLE001 - PIL / datasets decode errors; report one line
+                    raise DataError(f"{where}: cannot decode image ({first_line(e)})") from None
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BICUBIC)
+                yield where, np.asarray(im, dtype=np.uint8)  # (H, W, 3)
+
+        out, self.hw = stack_images(decoded(), len(idx), self.hw)
         return out, None
 
     def preprocessing(self) -> dict:
         assert self.hw is not None
-        return {"kind": "image", "height": self.hw[0], "width": self.hw[1], "channels": 3, "dtype": "uint8",
-                "layout": "NHWC", "resize": self.cfg.image_size, "resample": "bicubic" if self.cfg.image_size
-                else None, "normalization": "none (raw uint8 RGB; mean/std normalization is the model's job)"}
+        return image_preprocessing(self.hw, self.cfg.image_size)
 
     def sources(self) -> dict:
         return {role: {"path": str(p), "format": self.formats[role], "rows": len(self.data[role][0])}

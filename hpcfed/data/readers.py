@@ -23,7 +23,8 @@ from hpcfed.data.errors import DataError
 from hpcfed.data.hfsource import BUILT_IN, HFImageSource, HFLoader, source_format
 from hpcfed.data.shards import first_line
 from hpcfed.data.sources import (
-    TEXT_EXTENSIONS, ImageFolderSource, decode_image, encode_labels, label_vocabulary, read_text_table,
+    TEXT_EXTENSIONS, ImageFolderSource, decode_image, encode_labels, image_preprocessing, label_vocabulary,
+    read_text_table, stack_images,
 )
 
 log = logging.getLogger(__name__)
@@ -231,26 +232,14 @@ class ImageSource:
     def encode(self, split: str, idx: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """uint8 (n, H, W, 3) RGB; every image must have the size of the first unless image_size is set."""
         src = self.srcs[split]
-        out: Optional[np.ndarray] = None
-        for k, i in enumerate(idx):
-            member = self.members[split][i]
-            img = decode_image(src, member, self.cfg.image_size)  # (H, W, 3)
-            if self.hw is None:
-                self.hw = img.shape[:2]
-            if img.shape[:2] != self.hw:
-                raise DataError(f"{src.describe(member)}: image is {img.shape[1]}x{img.shape[0]}, earlier images "
-                                f"are {self.hw[1]}x{self.hw[0]}; set data.image_size to resize")
-            if out is None:
-                out = np.empty((len(idx),) + img.shape, dtype=np.uint8)  # (n, H, W, 3)
-            out[k] = img
-        assert out is not None
+        members = [self.members[split][i] for i in idx]
+        out, self.hw = stack_images(((src.describe(m), decode_image(src, m, self.cfg.image_size)) for m in members),
+                                    len(members), self.hw)
         return out, None
 
     def preprocessing(self) -> dict:
         assert self.hw is not None
-        return {"kind": "image", "height": self.hw[0], "width": self.hw[1], "channels": 3, "dtype": "uint8",
-                "layout": "NHWC", "resize": self.cfg.image_size, "resample": "bicubic" if self.cfg.image_size
-                else None, "normalization": "none (raw uint8 RGB; mean/std normalization is the model's job)"}
+        return image_preprocessing(self.hw, self.cfg.image_size)
 
     def sources(self) -> dict:
         return {split: {"path": str(self.srcs[split].path), "bytes": self.srcs[split].path.stat().st_size

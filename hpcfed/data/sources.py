@@ -317,3 +317,39 @@ def decode_image(src: ImageFolderSource, member: str, size: Optional[int]) -> np
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{src.describe(member)}: cannot decode image ({e})") from None
+
+
+def stack_images(decoded, n: int, hw: Optional[tuple[int, int]]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Stack ``n`` decoded images into one array; every image must have the size of the first (or ``hw``).
+
+    Args:
+        decoded: iterable of ``(where, image)``: a description of the image for errors (file, member or row) and
+            its uint8 (H, W, 3) RGB array.
+        n: how many ``decoded`` yields (>= 1).
+        hw: (H, W) that earlier batches had, or None.
+
+    Returns:
+        (uint8 (n, H, W, 3) array, (H, W)).
+
+    Raises:
+        DataError: an image whose size differs (naming it, and pointing to ``data.image_size``).
+    """
+    out: Optional[np.ndarray] = None
+    for k, (where, img) in enumerate(decoded):
+        if hw is None:
+            hw = img.shape[:2]
+        if img.shape[:2] != hw:
+            raise DataError(f"{where}: image is {img.shape[1]}x{img.shape[0]}, earlier images are {hw[1]}x{hw[0]}; "
+                            f"set data.image_size to resize")
+        if out is None:
+            out = np.empty((n,) + img.shape, dtype=np.uint8)  # (n, H, W, 3)
+        out[k] = img
+    assert out is not None and hw is not None
+    return out, hw
+
+
+def image_preprocessing(hw: tuple[int, int], image_size: Optional[int]) -> dict:
+    """The shard index's ``preprocessing`` entry of an image data set stored as raw uint8 NHWC RGB."""
+    return {"kind": "image", "height": hw[0], "width": hw[1], "channels": 3, "dtype": "uint8",
+            "layout": "NHWC", "resize": image_size, "resample": "bicubic" if image_size else None,
+            "normalization": "none (raw uint8 RGB; mean/std normalization is the model's job)"}
