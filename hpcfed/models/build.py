@@ -188,10 +188,13 @@ def _hf_backbone(cfg: ModelConfig) -> nn.Module:
         if local_only and not p.exists():
             raise ModelError(f"model.path={cfg.path}: no such folder (set model.allow_download=true to use a hub "
                              "name where a network exists)")
+        # fp32 master weights whatever the checkpoint stores: transformers >= 5 loads in the checkpoint's own
+        # dtype by default (dtype="auto"), so an fp16/bf16 checkpoint would otherwise train in half precision
+        # (mixed precision is autocast's job, fl.local.bf16).
         if cfg.pretrained:
-            return AutoModel.from_pretrained(cfg.path, local_files_only=local_only, add_pooling_layer=False)
+            return AutoModel.from_pretrained(cfg.path, local_files_only=local_only, add_pooling_layer=False).float()
         hf_cfg = AutoConfig.from_pretrained(cfg.path, local_files_only=local_only)
-        return AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+        return AutoModel.from_config(hf_cfg, add_pooling_layer=False).float()
     try:
         hf_cfg = AutoConfig.for_model(
             cfg.arch, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,

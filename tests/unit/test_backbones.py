@@ -49,3 +49,24 @@ def test_missing_path_is_a_clear_error(tmp_path):
     cfg = load_config([f"model.path={tmp_path / 'nope'}"])
     with pytest.raises(ModelError, match="nope: no such folder"):
         build_model(cfg.model, 2)
+
+
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_half_precision_checkpoint_loads_as_fp32(tmp_path, stored):
+    """A local checkpoint saved in fp16/bf16 trains on fp32 master weights (transformers >= 5 would keep the
+    stored dtype by default), with the stored values."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    ref = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False)
+    ref.to(stored).save_pretrained(tmp_path)
+    for pretrained in ("true", "false"):
+        cfg = load_config(["model.family=hf_text", f"model.path={tmp_path}", f"model.pretrained={pretrained}"])
+        m = build_model(cfg.model, 2)
+        assert {p.dtype for p in m.parameters()} == {torch.float32}, pretrained
+    # the pretrained=true build holds the checkpoint's (upcast) values
+    cfg = load_config(["model.family=hf_text", f"model.path={tmp_path}", "model.pretrained=true"])
+    m = build_model(cfg.model, 2)
+    torch.testing.assert_close(m.backbone.embeddings.word_embeddings.weight.detach(),
+                               ref.embeddings.word_embeddings.weight.float())
