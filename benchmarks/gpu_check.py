@@ -247,7 +247,8 @@ def environment() -> dict:
         "triton": version("triton"),
         "python": platform.python_version(),
         "host": socket.gethostname(),
-        "git_commit": _cmd_out(["git", "rev-parse", "HEAD"]),
+        # a copy of the working tree without .git (e.g. sent to a GPU machine) names its commit in the variable
+        "git_commit": _cmd_out(["git", "rev-parse", "HEAD"]) or os.environ.get("HPCFED_GIT_COMMIT"),
         "git_dirty": None if status is None else bool(status),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
     }
