@@ -247,8 +247,9 @@ def environment() -> dict:
         "triton": version("triton"),
         "python": platform.python_version(),
         "host": socket.gethostname(),
-        # a copy of the working tree without .git (e.g. sent to a GPU machine) names its commit in the variable
-        "git_commit": _cmd_out(["git", "rev-parse", "HEAD"]) or os.environ.get("HPCFED_GIT_COMMIT"),
+        # the caller's word wins: a copy of the working tree sent to a GPU machine may carry no .git, or an
+        # older .git whose HEAD is not the tree's commit (the tree then reads as "dirty")
+        "git_commit": os.environ.get("HPCFED_GIT_COMMIT") or _cmd_out(["git", "rev-parse", "HEAD"]),
         "git_dirty": None if status is None else bool(status),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
     }
