@@ -36,6 +36,12 @@ class TrainStream(enum.IntEnum):
     """[seed, FAULT, round, client]: simulated client failures (``fl.client_failure_rate``)."""
     HOLDOUT = 4
     """[seed, HOLDOUT, client]: a client's personal holdout split (local-only baselines)."""
+    DP_NOISE = 5
+    """[seed, DP_NOISE, round]: the Gaussian noise of client-level DP (``fl.dp``), the same on every rank."""
+    BYZANTINE = 6
+    """[seed, BYZANTINE]: which clients are Byzantine (``fl.attack``)."""
+    ATTACK = 7
+    """[seed, ATTACK, round, client]: a Byzantine client's random attack (Gaussian-noise update)."""
     FEDYOLO_TASK = 13
     """[client seed, FEDYOLO_TASK, task]: one task's local training within a client's round."""
 
