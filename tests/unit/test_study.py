@@ -265,3 +265,17 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     for s in studies.values():
         ids = [c.id for c in s.cells]
         assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
+
+
+def test_list_into_a_closed_pipe_ends_quietly():
+    """`python -m hpcfed.study list STUDY | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "hpcfed.study", "list", "configs/study/cifar10_fractal.yaml"],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    proc.stdout.read(10)
+    proc.stdout.close()  # like `head` exiting after its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
