@@ -1,10 +1,13 @@
 """Communicators: the one object through which the round loop and the methods talk to other ranks.
 
 Algorithms and the round loop only see :class:`Comm`; the single-process :class:`LocalComm` makes them
-testable alone, and :class:`CountingComm` wraps any communicator to count collectives in tests. Besides the
-collectives, a Comm offers what a method needs without knowing ranks: :meth:`~Comm.on_main` (run on one
-process, share the result or the error), :meth:`~Comm.share` (this process's share of a list) and
-:attr:`~Comm.shard` (this process's part of a split data set).
+testable alone, and :class:`CountingComm` wraps any communicator to count collectives in tests. The collectives
+are the all-reduce of the round's flat accumulator (FedAvg's ONE collective), broadcasts, and
+:meth:`~Comm.all_gather` of row blocks whose row counts differ by rank (used only by the robust aggregators of
+``hpcfed/fl/robust.py``, which need every client's update). Besides the collectives, a Comm offers what a
+method needs without knowing ranks: :meth:`~Comm.on_main` (run on one process, share the result or the error),
+:meth:`~Comm.share` (this process's share of a list) and :attr:`~Comm.shard` (this process's part of a split
+data set).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 
+GATHER_CHUNK_BYTES = 256 << 20
+"""Default bound on the receive buffer of one step of :meth:`Comm.all_gather` (world × max rows × columns ×
+element size, in bytes); wider inputs are gathered in column chunks so the temporary memory stays bounded."""
+
 
 class Comm(Protocol):
     """What the round loop needs from the ranks."""
@@ -26,6 +33,26 @@ class Comm(Protocol):
 
     def all_reduce_sum(self, tensor: torch.Tensor, *, tag: str = "aggregate") -> torch.Tensor:
         """Sum ``tensor`` over ranks, in place; returns it. ``tag`` names the purpose (for counting)."""
+        ...
+
+    def all_gather(self, tensor: torch.Tensor, *, tag: str = "gather",
+                   chunk_bytes: int = GATHER_CHUNK_BYTES) -> torch.Tensor:
+        """Concatenate every rank's rows, in rank order; the same result on every rank.
+
+        Args:
+            tensor: (k_r, n) on this rank's device, contiguous or not; k_r may differ by rank (0 allowed), n and
+                the dtype must be the same on every rank.
+            tag: names the purpose (for counting).
+            chunk_bytes: bound on one step's receive buffer (world × max_r k_r × columns × element size); wider
+                inputs are gathered in column chunks.
+
+        Returns:
+            (Σ_r k_r, n), same dtype and device; rows of rank 0 first, then rank 1, ... (on one rank: may be
+            ``tensor`` itself, so do not write into the result).
+
+        Raises:
+            ValueError: ``tensor`` is not 2-D, or n or the dtype differs between ranks (raised on every rank).
+        """
         ...
 
     def barrier(self) -> None:
@@ -87,6 +114,49 @@ def _share(comm, items):
     return list(items[comm.rank::comm.world_size])
 
 
+def _check_gather_input(tensor: torch.Tensor) -> None:
+    if tensor.dim() != 2:
+        raise ValueError(f"all_gather needs a 2-D (rows, n) tensor, got shape {tuple(tensor.shape)}")
+
+
+_DTYPE_CODES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+                torch.uint8, torch.bool)
+
+
+def _gather_rows(tensor: torch.Tensor, rank: int, world: int, chunk_bytes: int, gather_fn) -> torch.Tensor:
+    """:meth:`Comm.all_gather` over a backend's equal-size gather ``gather_fn(out, inp)`` (out = world copies
+    of inp, stacked along dim 0): first the shapes [k_r, n, dtype] of every rank, then the rows padded to
+    k_max = max_r k_r, in column chunks of at most ``chunk_bytes`` of receive buffer."""
+    _check_gather_input(tensor)
+    k, n = tensor.shape
+    code = _DTYPE_CODES.index(tensor.dtype) if tensor.dtype in _DTYPE_CODES else len(_DTYPE_CODES)
+    shapes = torch.empty(world * 3, dtype=torch.int64, device=tensor.device)
+    gather_fn(shapes, torch.tensor([k, n, code], dtype=torch.int64, device=tensor.device))
+    rows = shapes.view(world, 3).tolist()  # (world, [k_r, n_r, dtype_r])
+    if any(r[1] != n for r in rows):
+        raise ValueError("all_gather needs the same number of columns on every rank, got "
+                         f"{[r[1] for r in rows]}")
+    if any(r[2] != code for r in rows):
+        raise ValueError(f"all_gather needs the same dtype on every rank (rank {rank} has {tensor.dtype})")
+    counts = [r[0] for r in rows]
+    k_max, total = max(counts), sum(counts)
+    out = torch.empty(total, n, dtype=tensor.dtype, device=tensor.device)
+    if k_max == 0 or n == 0:
+        return out
+    starts = [sum(counts[:r]) for r in range(world)]
+    cols = max(1, min(n, chunk_bytes // (world * k_max * tensor.element_size())))
+    for c0 in range(0, n, cols):
+        w = min(cols, n - c0)
+        send = torch.zeros(k_max, w, dtype=tensor.dtype, device=tensor.device)  # rows k..k_max: padding
+        send[:k].copy_(tensor[:, c0:c0 + w])
+        recv = torch.empty(world * k_max, w, dtype=tensor.dtype, device=tensor.device)
+        gather_fn(recv, send)
+        blocks = recv.view(world, k_max, w)  # (world, k_max, w)
+        for src in range(world):
+            out[starts[src]:starts[src] + counts[src], c0:c0 + w].copy_(blocks[src, :counts[src]])
+    return out
+
+
 class LocalComm:
     """World of one: every collective is the identity."""
 
@@ -94,6 +164,11 @@ class LocalComm:
     world_size = 1
 
     def all_reduce_sum(self, tensor: torch.Tensor, *, tag: str = "aggregate") -> torch.Tensor:
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor, *, tag: str = "gather",
+                   chunk_bytes: int = GATHER_CHUNK_BYTES) -> torch.Tensor:
+        _check_gather_input(tensor)
         return tensor
 
     def barrier(self) -> None:
@@ -130,6 +205,13 @@ class TorchDistComm:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_gather(self, tensor: torch.Tensor, *, tag: str = "gather",
+                   chunk_bytes: int = GATHER_CHUNK_BYTES) -> torch.Tensor:
+        # all_gather_single (torch >= 2.10, the name all_gather_into_tensor is deprecated): one contiguous
+        # receive buffer, no per-rank list; NCCL and gloo both implement it.
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        return _gather_rows(tensor, self.rank, self.world_size, chunk_bytes, gather)
+
     def barrier(self) -> None:
         dist.barrier()
 
@@ -158,7 +240,8 @@ class TorchDistComm:
 
 
 class CountingComm:
-    """Wraps a communicator and counts collectives by tag, and elements/bytes all-reduced by tag."""
+    """Wraps a communicator and counts collectives by tag, and the bytes this rank put in (all-reduced,
+    broadcast, or sent by :meth:`all_gather`) by tag."""
 
     def __init__(self, inner: Comm) -> None:
         self.inner = inner
@@ -171,6 +254,13 @@ class CountingComm:
         self.calls[tag] += 1
         self.bytes[tag] += tensor.numel() * tensor.element_size()
         return self.inner.all_reduce_sum(tensor, tag=tag)
+
+    def all_gather(self, tensor: torch.Tensor, *, tag: str = "gather",
+                   chunk_bytes: int = GATHER_CHUNK_BYTES) -> torch.Tensor:
+        """Counted as ONE collective under ``tag`` (whatever its chunks); bytes are this rank's rows sent."""
+        self.calls[tag] += 1
+        self.bytes[tag] += tensor.numel() * tensor.element_size()
+        return self.inner.all_gather(tensor, tag=tag, chunk_bytes=chunk_bytes)
 
     def barrier(self) -> None:
         self.calls["barrier"] += 1
