@@ -174,6 +174,7 @@ class FedDAT(Algorithm):
     """
 
     name = "feddat"
+    supports_dp = False  # client masks / per-client state: not one clipped update per client
     Params = FedDATParams
 
     def __init__(self, params: FedDATParams, fl):

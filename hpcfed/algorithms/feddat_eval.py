@@ -23,7 +23,8 @@ def eval_clients(loop: "FederatedLoop", round_idx: int, max_clients: int) -> lis
     1..``round_idx`` (the same list in every process), at most ``max_clients``."""
     seen: set[int] = set()
     for r in range(1, round_idx + 1):
-        seen.update(cohort_for_round(loop.cfg.seed, r, loop.dataset.num_clients, loop.cfg.fl.cohort_size))
+        seen.update(cohort_for_round(loop.cfg.seed, r, loop.dataset.num_clients, loop.cfg.fl.cohort_size,
+                                      loop.cfg.fl.sampling))
     return sorted(seen)[:max_clients]
 
 

@@ -174,6 +174,7 @@ class FedPFT(Algorithm):
     """
 
     name = "fedpft"
+    supports_dp = False  # client masks / per-client state: not one clipped update per client
     Params = FedPFTParams
 
     @classmethod

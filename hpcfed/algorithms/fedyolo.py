@@ -139,6 +139,7 @@ class FedYolo(Algorithm):
     """
 
     name = "fedyolo"
+    supports_dp = False  # client masks / per-client state: not one clipped update per client
     Params = FedYoloParams
 
     def __init__(self, params: FedYoloParams, fl):
@@ -242,7 +243,8 @@ class FedYolo(Algorithm):
         it trains: Σ_c |m_c| fp32) and ``bytes_full_model_fl`` (up + down of the whole model — backbone and
         heads — for each cohort client that trains a task, as full-model FL would send); with
         ``schedule=sequential``, the per-task test metrics at the end of each phase but the last."""
-        cohort = cohort_for_round(loop.cfg.seed, round_idx, self._datasets[0].num_clients, loop.cfg.fl.cohort_size)
+        cohort = cohort_for_round(loop.cfg.seed, round_idx, self._datasets[0].num_clients, loop.cfg.fl.cohort_size,
+                                  loop.cfg.fl.sampling)
         down = sum(int(self.client_mask(c).count_nonzero()) for c in cohort) * 4
         training = sum(1 for c in cohort if self.tasks_of(c))  # cohort clients with a task this round
         full = 2 * training * self.full_model_params * 4

@@ -8,7 +8,7 @@ A method registers itself with the :func:`register` class decorator when its mod
 from __future__ import annotations
 
 from hpcfed.config import Config, ConfigError
-from hpcfed.fl.algorithm import Algorithm
+from hpcfed.fl.algorithm import Algorithm, check_engine_options
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 """Registered algorithms by name (``fl.algorithm``)."""
@@ -53,4 +53,5 @@ def validate_algorithm(cfg: Config) -> None:
         ConfigError: one line naming the key.
     """
     cls = get_algorithm(cfg.fl.algorithm)
+    check_engine_options(cls, cfg)
     cls.check_config(cls.parse_params(cfg.fl.algo), cfg)

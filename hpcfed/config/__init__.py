@@ -24,7 +24,7 @@ from hpcfed.config.load import (
     MOVED_KEYS, PLUGIN_GROUP, Config, import_plugins, load_config, minilm_path, register_resolvers, resolved,
 )
 from hpcfed.config.sections import (
-    DATA_KINDS, LOCAL_OPTIMIZERS, MODEL_FAMILIES, PARTITIONS, CheckpointConfig, DataConfig, DistConfig,
+    DATA_KINDS, LOCAL_OPTIMIZERS, MODEL_FAMILIES, PARTITIONS, CheckpointConfig, DataConfig, DistConfig, DPConfig,
     EvalConfig, FLConfig, LocalConfig, ModelConfig, PeftConfig, ServerOptConfig,
 )
 
@@ -33,5 +33,5 @@ __all__ = [
     "default_data_root", "describe_keys", "field_docs", "MOVED_KEYS", "PLUGIN_GROUP", "Config", "import_plugins",
     "load_config", "minilm_path", "register_resolvers", "resolved",
     "DATA_KINDS", "LOCAL_OPTIMIZERS", "MODEL_FAMILIES", "PARTITIONS", "CheckpointConfig", "DataConfig",
-    "DistConfig", "EvalConfig", "FLConfig", "LocalConfig", "ModelConfig", "PeftConfig", "ServerOptConfig",
+    "DistConfig", "DPConfig", "EvalConfig", "FLConfig", "LocalConfig", "ModelConfig", "PeftConfig", "ServerOptConfig",
 ]

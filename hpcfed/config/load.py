@@ -94,8 +94,13 @@ class Config:
         # (checkpoints, finished study cells) stay valid (model.allow_download predates this and stays in).
         d["data"].pop("allow_download", None)
         for section, key, default in HASH_NEUTRAL_DEFAULTS:
-            if d[section].get(key, default) == default:
-                d[section].pop(key, None)
+            node = _node(d, section)
+            if node.get(key, default) == default:
+                node.pop(key, None)
+        for section, key, switch in HASH_NEUTRAL_WHEN_OFF:
+            node = _node(d, section)
+            if not node.get(key, {}).get(switch, False):
+                node.pop(key, None)
         if "quantity_skew" not in d["data"]:  # no skew: its sigma is unused
             d["data"].pop("quantity_sigma", None)
         m = d["model"]
@@ -108,10 +113,21 @@ class Config:
 HASH_NEUTRAL_DEFAULTS = (
     ("peft", "config", {}), ("data", "format", "auto"), ("data", "header", True), ("data", "text_columns", None),
     ("data", "image_column", "image"), ("data", "client_column", None), ("data", "quantity_skew", "none"),
-    ("model", "name", None), ("model", "resample", False),
+    ("model", "name", None), ("model", "resample", False), ("fl", "sampling", "fixed"),
 )
 """(section, key, default) of keys that :meth:`Config.hash` leaves out while at their default: added after
-checkpoints and study cells existed, they must not invalidate them."""
+checkpoints and study cells existed, they must not invalidate them. ``section`` may be dotted (``fl.local``)."""
+
+HASH_NEUTRAL_WHEN_OFF = (("fl", "dp", "enabled"),)
+"""(section, subsection, switch) of subsections that :meth:`Config.hash` leaves out whole while their ``switch``
+is false: their other keys then change nothing (``fl.dp`` with ``fl.dp.enabled=false``)."""
+
+
+def _node(payload: dict, section: str) -> dict:
+    """The nested dict of ``section`` (dotted: ``fl.local``) in a hash payload."""
+    for part in section.split("."):
+        payload = payload[part]
+    return payload
 
 
 def minilm_path() -> str:

@@ -1,4 +1,4 @@
-"""The config sections (``data`` from :mod:`~hpcfed.config.data_section`, ``model``, ``peft``, ``fl`` with ``fl.local`` / ``fl.server_opt``, ``eval``, ``dist``,
+"""The config sections (``data`` from :mod:`~hpcfed.config.data_section`, ``model``, ``peft``, ``fl`` with ``fl.local`` / ``fl.server_opt`` / ``fl.dp``, ``eval``, ``dist``,
 ``checkpoint``): dataclasses with defaults and field docstrings, each validating its own values in
 ``__post_init__``. Cross-section checks live in :class:`hpcfed.config.Config` and at the composition root."""
 
@@ -228,6 +228,63 @@ class LocalConfig:
 
 
 
+DP_ACCOUNTANTS = ("rdp", "pld")
+SAMPLINGS = ("fixed", "poisson")
+
+
+@dataclass
+class DPConfig:
+    """Client-level differential privacy (``fl.dp``): DP-FedAvg (McMahan, Ramage, Talwar, Zhang, "Learning
+    Differentially Private Recurrent Language Models", ICLR 2018) with optional adaptive clipping (Andrew,
+    Thakkar, McMahan, Ramaswamy, "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021); ε by
+    Google's dp-accounting. The unit of privacy is a client. See hpcfed/fl/dp.py and docs/privacy.md."""
+
+    enabled: bool = False
+    """Clip each client's update, add Gaussian noise to the round's sum, account ε. Off: the other keys are
+    unused (and left out of the config hash)."""
+    clip_norm: float = 1.0
+    """C: a client's PEFT update Δ_c = θ_c − θ_global is scaled to L2 norm at most C (min(1, C/‖Δ_c‖)); with
+    `adaptive_clip` the initial C."""
+    noise_multiplier: Optional[float] = None
+    """z: the Gaussian noise on the round's SUM of clipped updates has std z·C per element (0: clipping only,
+    ε = ∞). Give exactly one of this and `target_epsilon`."""
+    target_epsilon: Optional[float] = None
+    """Solve z before training so that ε after ``fl.rounds`` rounds at `delta` is this (dp-accounting's
+    ``calibrate_dp_mechanism`` with the configured sampling and accountant)."""
+    delta: Optional[float] = None
+    """δ of the reported (ε, δ). null: 1/N with N the number of clients (the issue's "1/num_samples" counts
+    units of privacy, and the unit here is the client)."""
+    accountant: str = "rdp"
+    """'rdp' (dp_accounting.rdp.RdpAccountant) or 'pld' (dp_accounting.pld.PLDAccountant: tighter, slower;
+    Poisson sampling only)."""
+    adaptive_clip: bool = False
+    """Move C toward the `target_quantile` of the update norms each round, privately (Andrew et al.):
+    C ← C·exp(−η_C·(b̄ − γ)) with b̄ the noised share of clients with ‖Δ_c‖ ≤ C."""
+    target_quantile: float = 0.5
+    """γ: the share of clients whose updates C should leave unclipped."""
+    clip_lr: float = 0.2
+    """η_C: step of the geometric update of C."""
+    clip_count_stddev: Optional[float] = None
+    """σ_b: std of the noise on the count of unclipped clients. null: cohort_size/20 (Andrew et al.; TFF's
+    default), or 0 when z = 0. The update noise multiplier becomes (z⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al., Thm 1),
+    so z < 2σ_b is needed."""
+
+    def __post_init__(self) -> None:
+        check_positive("fl.dp.clip_norm", self.clip_norm)
+        check_positive("fl.dp.noise_multiplier", self.noise_multiplier, allow_zero=True)
+        check_positive("fl.dp.target_epsilon", self.target_epsilon)
+        if self.delta is not None and not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"fl.dp.delta={self.delta!r} must be in (0, 1)")
+        check_choice("fl.dp.accountant", self.accountant, DP_ACCOUNTANTS)
+        if not 0.0 < self.target_quantile < 1.0:
+            raise ConfigError(f"fl.dp.target_quantile={self.target_quantile!r} must be in (0, 1)")
+        check_positive("fl.dp.clip_lr", self.clip_lr, allow_zero=True)
+        check_positive("fl.dp.clip_count_stddev", self.clip_count_stddev, allow_zero=True)
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError("fl.dp: give exactly one of fl.dp.noise_multiplier and fl.dp.target_epsilon "
+                              f"(got {'neither' if self.noise_multiplier is None else 'both'})")
+
+
 @dataclass
 class FLConfig:
     """Federated rounds: cohort sampling, local training, aggregation, server step."""
@@ -246,9 +303,15 @@ class FLConfig:
     ``fl.algo.kd_temperature=3``. Checked against the algorithm when the config is loaded."""
     rounds: int = 20
     cohort_size: int = 10
-    """Clients sampled per round (without replacement, seeded by (seed, round))."""
+    """Clients sampled per round (without replacement, seeded by (seed, round)); with ``sampling=poisson`` the
+    expected number."""
+    sampling: str = "fixed"
+    """Cohort sampling: 'fixed' (cohort_size clients uniformly without replacement) or 'poisson' (each client
+    independently with probability q = cohort_size/num_clients, so the cohort size varies, possibly 0); both
+    seeded by (seed, round)."""
     weighting: str = "samples"
-    """Aggregation weight of a client: 'samples' (its number of training examples) or 'uniform'."""
+    """Aggregation weight of a client: 'samples' (its number of training examples) or 'uniform'. Ignored with
+    ``fl.dp.enabled``: DP-FedAvg weighs every client 1 and divides by cohort_size (logged once)."""
     max_update_norm: Optional[float] = None
     """Drop a client whose update ‖θ_c − θ_global‖₂ exceeds this (null: no bound)."""
     max_failed_clients_per_round: Optional[int] = None
@@ -257,9 +320,16 @@ class FLConfig:
     """Testing aid: each client update fails (NaN) with this probability, seeded by (seed, round, client)."""
     local: LocalConfig = field(default_factory=LocalConfig)
     server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         check_choice("fl.mode", self.mode, ("federated", "centralized", "local_only"))
+        check_choice("fl.sampling", self.sampling, SAMPLINGS)
+        if self.dp.enabled and self.mode != "federated":
+            raise ConfigError(f"fl.dp.enabled=true needs fl.mode=federated (got fl.mode={self.mode!r})")
+        if self.dp.enabled and self.dp.accountant == "pld" and self.sampling == "fixed":
+            raise ConfigError("fl.dp.accountant=pld does not support fl.sampling=fixed (dp-accounting's PLD has no "
+                              "sampling without replacement); use fl.sampling=poisson or fl.dp.accountant=rdp")
         check_fraction("fl.local_only_holdout", self.local_only_holdout)
         check_positive("fl.max_update_norm", self.max_update_norm)
         check_positive("fl.max_failed_clients_per_round", self.max_failed_clients_per_round, allow_zero=True)

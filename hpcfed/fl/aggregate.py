@@ -17,7 +17,10 @@ from hpcfed import kernels
 from hpcfed.dist import Comm
 
 STATS = ("loss_sum", "samples_seen", "clients_ok", "clients_failed", "steps", "elems_up_hi", "elems_up_lo",
-         "elems_down_hi", "elems_down_lo", "stop_requested")
+         "elems_down_hi", "elems_down_lo", "stop_requested", "dp_unclipped")
+"""Per-round sums that ride in the aggregate buffer (so a round stays ONE collective): training loss and samples,
+client counts, element counts (split, see ``_SPLIT``), a stop request, and under ``fl.dp`` the clients whose update
+norm was within the clip norm (adaptive clipping)."""
 _SPLIT = 1 << 12
 """Element counts are carried as hi·2^12 + lo so that their sums stay exact in fp32."""
 

@@ -90,6 +90,18 @@ def parse_params(params_cls: Optional[type], values: dict[str, Any], algorithm: 
         raise ConfigError(f"fl.algo ({algorithm}): {e}") from None
 
 
+def check_engine_options(cls: type["Algorithm"], cfg: Config) -> None:
+    """Reject engine options the algorithm ``cls`` cannot run with (client-level DP without
+    :attr:`Algorithm.supports_dp`).
+
+    Raises:
+        ConfigError: one line naming the keys.
+    """
+    if cfg.fl.dp.enabled and not cls.supports_dp:
+        raise ConfigError(f"fl.dp.enabled=true does not work with fl.algorithm={cls.name!r} (client masks or "
+                          "per-client state); use fedavg or fedprox")
+
+
 class Algorithm:
     """Base class: FedAvg semantics for every hook (McMahan et al., AISTATS 2017).
 
@@ -106,6 +118,10 @@ class Algorithm:
     name = "base"
     Params: Optional[type] = None
     """Frozen dataclass of hyperparameters (``fl.algo.*``); None when there are none."""
+    supports_dp: bool = True
+    """Whether client-level DP (``fl.dp``) applies: a client's contribution is one update of the whole flat
+    buffer, clipped as a unit. False for methods with client masks or per-client state (FedDAT, FedPFT,
+    FedYolo), whose updates the DP sum would not cover."""
 
     def __init__(self, params: Any, fl: FLConfig):
         self.params = params
@@ -126,6 +142,7 @@ class Algorithm:
             ConfigError: one line naming the key.
         """
         params = cls.parse_params(cfg.fl.algo)
+        check_engine_options(cls, cfg)
         cls.check_config(params, cfg)
         return cls(params, cfg.fl)
 

@@ -1,4 +1,4 @@
-"""The round loop: sample → place → train my clients → accumulate → ONE all-reduce → server step → evaluate.
+"""The round loop: sample → place → train → accumulate → ONE all-reduce → (DP noise) → server step → evaluate.
 
 It talks to other ranks only through the :class:`~hpcfed.dist.Comm` it is handed, and to the outside through
 callbacks (metrics file, progress bar, checkpoints). ``comm.rank`` is used only to pick this rank's share of
@@ -109,6 +109,12 @@ class FederatedLoop:
         self.state = RoundState()
         self.failures: list[tuple[int, int, str]] = []
         """(round, client id, reason) of every client update dropped on this rank."""
+        self.dp = None
+        """Client-level DP state (:class:`~hpcfed.fl.dp.ClientDP`) with ``fl.dp.enabled``, else None."""
+        if cfg.fl.dp.enabled:
+            from hpcfed.fl.dp import make_client_dp  # imports dp-accounting only when DP is on
+
+            self.dp = make_client_dp(cfg, dataset.num_clients, main=comm.rank == 0)
         self.algorithm.setup(self)
         self.group_trainer = None
         g = cfg.fl.local.client_group_size
@@ -129,9 +135,14 @@ class FederatedLoop:
         """
         return ClientStateStore(self.cfg.run_dir / name, cache_size=cache_size)
 
+    def cohort(self, round_idx: int) -> list[int]:
+        """The whole cohort of round ``round_idx`` (``fl.sampling``; the same on every rank)."""
+        fl = self.cfg.fl
+        return cohort_for_round(self.cfg.seed, round_idx, self.dataset.num_clients, fl.cohort_size, fl.sampling)
+
     def my_clients(self, round_idx: int) -> list[int]:
         """This rank's share of round ``round_idx``'s cohort (balanced by client size)."""
-        cohort = cohort_for_round(self.cfg.seed, round_idx, self.dataset.num_clients, self.cfg.fl.cohort_size)
+        cohort = self.cohort(round_idx)
         work = [self.dataset.client_num_samples(c) for c in cohort]
         return place_clients(cohort, self.comm.world_size, work)[self.comm.rank]
 
@@ -142,7 +153,7 @@ class FederatedLoop:
         from hpcfed.fl.parallel import group_batch_size, make_groups
 
         local = self.cfg.fl.local
-        cohort = cohort_for_round(self.cfg.seed, round_idx, self.dataset.num_clients, self.cfg.fl.cohort_size)
+        cohort = self.cohort(round_idx)
         sizes = {c: self.dataset.client_num_samples(c) for c in cohort}
         groups = make_groups(cohort, {c: group_batch_size(local, n) for c, n in sizes.items()},
                              local.client_group_size)
@@ -168,15 +179,18 @@ class FederatedLoop:
                     res = self.algorithm.local_update(self.trainer, self.theta_global, data,
                                                       client_seed(self.cfg.seed, round_idx, cid), cid)
                     self._inject_fault(round_idx, cid, self.flat.data)
-                    self._check_update(res.loss_sum, self.flat.data)
+                    norm = self._check_update(res.loss_sum, self.flat.data)
                 except Exception as e:  # noqa: BLE001 - any client failure drops that client, not the run
                     self._drop(round_idx, cid, e)
                     continue
-                agg.add(self.flat.data, self.theta_global, self.algorithm.client_weight(len(data)), mask)
+                agg.add(self.flat.data, self.theta_global, self._weight(len(data), norm), mask)
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
         if self.stop_flag is not None and self.stop_flag.requested:
             agg.add_stats(stop_requested=1)
         stats = agg.reduce(self.comm)  # the round's ONE collective
+        dp_metrics = {}
+        if self.dp is not None:  # noise once, on the reduced sum (same on every rank); fixed denominator
+            dp_metrics = self.dp.privatize(agg.acc, agg.cnt, round_idx, stats["clients_ok"], stats["dp_unclipped"])
         self.server.step(self.theta_global, agg.acc, agg.cnt)
         self.flat.data.copy_(self.theta_global)
         extra = self.algorithm.after_round(self, round_idx)
@@ -193,6 +207,7 @@ class FederatedLoop:
             "local_steps": int(stats["steps"]),
             "clients_failed": int(stats["clients_failed"]),
         }
+        metrics.update(dp_metrics)
         metrics.update(extra)
         if stats["stop_requested"] > 0:
             metrics["stop_requested"] = True
@@ -225,11 +240,11 @@ class FederatedLoop:
                 theta, res = thetas[g], results[g]
                 try:
                     self._inject_fault(round_idx, cid, theta)
-                    self._check_update(res.loss_sum, theta)
+                    norm = self._check_update(res.loss_sum, theta)
                 except Exception as e:  # noqa: BLE001
                     self._drop(round_idx, cid, e)
                     continue
-                agg.add(theta, self.theta_global, self.algorithm.client_weight(len(datas[g])), masks[g])
+                agg.add(theta, self.theta_global, self._weight(len(datas[g]), norm), masks[g])
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
 
     def _inject_fault(self, round_idx: int, cid: int, theta: torch.Tensor) -> None:
@@ -238,8 +253,18 @@ class FederatedLoop:
         if rate > 0 and generator(self.cfg.seed, TrainStream.FAULT, round_idx, cid).random() < rate:
             theta[0] = float("nan")
 
-    def _check_update(self, loss_sum: float, theta: torch.Tensor) -> None:
-        """Raise :class:`ClientFailure` for a NaN/Inf loss or update, or an update norm past the bound."""
+    def _weight(self, num_samples: int, norm: float) -> float:
+        """The weight a client's update is accumulated with: the algorithm's w_c, or under ``fl.dp`` 1 times the
+        clip scale s_c = min(1, C/‖Δ_c‖) (its count of unclipped clients goes into the round's stats)."""
+        if self.dp is None:
+            return self.algorithm.client_weight(num_samples)
+        scale, unclipped = self.dp.clip(norm)
+        self.aggregator.add_stats(dp_unclipped=unclipped)
+        return scale
+
+    def _check_update(self, loss_sum: float, theta: torch.Tensor) -> float:
+        """Raise :class:`ClientFailure` for a NaN/Inf loss or update, or an update norm past the bound; returns
+        the update's L2 norm ‖θ_c − θ_global‖₂ (reused for DP clipping)."""
         if not math.isfinite(loss_sum):
             raise ClientFailure(f"non-finite training loss ({loss_sum})")
         norm = float(torch.linalg.vector_norm(theta - self.theta_global))
@@ -248,6 +273,7 @@ class FederatedLoop:
         bound = self.cfg.fl.max_update_norm
         if bound is not None and norm > bound:
             raise ClientFailure(f"update norm {norm:.4g} > fl.max_update_norm={bound}")
+        return norm
 
     @property
     def max_failed_clients(self) -> int:
@@ -257,10 +283,12 @@ class FederatedLoop:
 
     # -- checkpoint state ----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything needed to continue exactly: global buffer, server optimizer state, RNG."""
+        """Everything needed to continue exactly: global buffer, server optimizer state, RNG, the algorithm's
+        state (``algo.*``) and, under ``fl.dp``, the clip norm (``dp.clip_norm``)."""
         return {"theta_global": self.theta_global, **self.server.state_dict(),
                 "rng.torch": torch.get_rng_state(),
-                **{f"algo.{k}": v for k, v in self.algorithm.state_tensors().items()}}
+                **{f"algo.{k}": v for k, v in self.algorithm.state_tensors().items()},
+                **({f"dp.{k}": v for k, v in self.dp.state_tensors().items()} if self.dp is not None else {})}
 
     def load_state(self, tensors: dict[str, torch.Tensor], round_idx: int, history: list[dict]) -> None:
         """Restore what :meth:`state_tensors` saved, as of the end of round ``round_idx``.
@@ -277,6 +305,8 @@ class FederatedLoop:
         self.server.load_state_dict(tensors)
         torch.set_rng_state(tensors["rng.torch"])
         self.algorithm.load_state({k[5:]: v for k, v in tensors.items() if k.startswith("algo.")})
+        if self.dp is not None:
+            self.dp.load_state({k[3:]: v for k, v in tensors.items() if k.startswith("dp.")})
         self.state = RoundState(round_idx, list(history))
 
     # -- evaluation ----------------------------------------------------------------------------------
