@@ -175,6 +175,7 @@ class FedDAT(Algorithm):
 
     name = "feddat"
     supports_dp = False  # client masks / per-client state: not one clipped update per client
+    supports_robust = False  # the same: a robust rule would read an unsent (masked) entry as 0
     Params = FedDATParams
 
     def __init__(self, params: FedDATParams, fl):

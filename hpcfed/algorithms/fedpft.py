@@ -175,6 +175,7 @@ class FedPFT(Algorithm):
 
     name = "fedpft"
     supports_dp = False  # client masks / per-client state: not one clipped update per client
+    supports_robust = False  # the same: a robust rule would read an unsent (masked) entry as 0
     Params = FedPFTParams
 
     @classmethod

@@ -140,6 +140,7 @@ class FedYolo(Algorithm):
 
     name = "fedyolo"
     supports_dp = False  # client masks / per-client state: not one clipped update per client
+    supports_robust = False  # the same: a robust rule would read an unsent (masked) entry as 0
     Params = FedYoloParams
 
     def __init__(self, params: FedYoloParams, fl):

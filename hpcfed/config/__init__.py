@@ -24,14 +24,16 @@ from hpcfed.config.load import (
     MOVED_KEYS, PLUGIN_GROUP, Config, import_plugins, load_config, minilm_path, register_resolvers, resolved,
 )
 from hpcfed.config.sections import (
-    DATA_KINDS, LOCAL_OPTIMIZERS, MODEL_FAMILIES, PARTITIONS, CheckpointConfig, DataConfig, DistConfig, DPConfig,
-    EvalConfig, FLConfig, LocalConfig, ModelConfig, PeftConfig, ServerOptConfig,
+    AGGREGATORS, ATTACKS, DATA_KINDS, LABEL_MODES, LOCAL_OPTIMIZERS, MODEL_FAMILIES, PARTITIONS, ROBUST_AGGREGATORS,
+    AttackConfig, CheckpointConfig, DataConfig, DistConfig, DPConfig, EvalConfig, FLConfig, LocalConfig, ModelConfig,
+    PeftConfig, ServerOptConfig, check_attack,
 )
 
 __all__ = [
     "REPO_ROOT", "ConfigError", "check_choice", "check_fraction", "check_positive", "default_cache_root",
     "default_data_root", "describe_keys", "field_docs", "MOVED_KEYS", "PLUGIN_GROUP", "Config", "import_plugins",
     "load_config", "minilm_path", "register_resolvers", "resolved",
-    "DATA_KINDS", "LOCAL_OPTIMIZERS", "MODEL_FAMILIES", "PARTITIONS", "CheckpointConfig", "DataConfig",
-    "DistConfig", "DPConfig", "EvalConfig", "FLConfig", "LocalConfig", "ModelConfig", "PeftConfig", "ServerOptConfig",
+    "AGGREGATORS", "ATTACKS", "DATA_KINDS", "LABEL_MODES", "LOCAL_OPTIMIZERS", "MODEL_FAMILIES", "PARTITIONS",
+    "ROBUST_AGGREGATORS", "AttackConfig", "CheckpointConfig", "DataConfig", "DistConfig", "DPConfig", "EvalConfig",
+    "FLConfig", "LocalConfig", "ModelConfig", "PeftConfig", "ServerOptConfig", "check_attack",
 ]

@@ -97,9 +97,9 @@ class Config:
             node = _node(d, section)
             if node.get(key, default) == default:
                 node.pop(key, None)
-        for section, key, switch in HASH_NEUTRAL_WHEN_OFF:
+        for section, key, is_off in HASH_NEUTRAL_WHEN_OFF:
             node = _node(d, section)
-            if not node.get(key, {}).get(switch, False):
+            if is_off(node.get(key, {})):
                 node.pop(key, None)
         if "quantity_skew" not in d["data"]:  # no skew: its sigma is unused
             d["data"].pop("quantity_sigma", None)
@@ -114,13 +114,18 @@ HASH_NEUTRAL_DEFAULTS = (
     ("peft", "config", {}), ("data", "format", "auto"), ("data", "header", True), ("data", "text_columns", None),
     ("data", "image_column", "image"), ("data", "client_column", None), ("data", "quantity_skew", "none"),
     ("model", "name", None), ("model", "resample", False), ("fl", "sampling", "fixed"),
+    ("fl", "aggregator", "fedavg"), ("fl", "aggregator_params", {}),
 )
 """(section, key, default) of keys that :meth:`Config.hash` leaves out while at their default: added after
 checkpoints and study cells existed, they must not invalidate them. ``section`` may be dotted (``fl.local``)."""
 
-HASH_NEUTRAL_WHEN_OFF = (("fl", "dp", "enabled"),)
-"""(section, subsection, switch) of subsections that :meth:`Config.hash` leaves out whole while their ``switch``
-is false: their other keys then change nothing (``fl.dp`` with ``fl.dp.enabled=false``)."""
+HASH_NEUTRAL_WHEN_OFF = (
+    ("fl", "dp", lambda dp: not dp.get("enabled", False)),
+    ("fl", "attack", lambda a: a.get("kind", "none") == "none" or not a.get("fraction", 0.0)),
+)
+"""(section, subsection, is_off) of subsections that :meth:`Config.hash` leaves out whole while ``is_off`` (of the
+subsection's dict) holds: their keys then change nothing (``fl.dp`` with ``fl.dp.enabled=false``; ``fl.attack``
+with kind none or fraction 0)."""
 
 
 def _node(payload: dict, section: str) -> dict:

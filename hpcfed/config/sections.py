@@ -1,9 +1,10 @@
-"""The config sections (``data`` from :mod:`~hpcfed.config.data_section`, ``model``, ``peft``, ``fl`` with ``fl.local`` / ``fl.server_opt`` / ``fl.dp``, ``eval``, ``dist``,
+"""The config sections (``data`` from :mod:`~hpcfed.config.data_section`, ``model``, ``peft``, ``fl`` with ``fl.local`` / ``fl.server_opt`` / ``fl.dp`` / ``fl.attack``, ``eval``, ``dist``,
 ``checkpoint``): dataclasses with defaults and field docstrings, each validating its own values in
 ``__post_init__``. Cross-section checks live in :class:`hpcfed.config.Config` and at the composition root."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -285,6 +286,59 @@ class DPConfig:
                               f"(got {'neither' if self.noise_multiplier is None else 'both'})")
 
 
+ROBUST_AGGREGATORS = ("median", "trimmed_mean", "krum", "multi_krum", "centered_clip", "norm_bound")
+"""The Byzantine-robust rules of ``fl.aggregator`` (hpcfed/fl/robust.py; 'fedavg' is the all-reduce path)."""
+AGGREGATORS = ("fedavg", *ROBUST_AGGREGATORS)
+ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip")
+"""``fl.attack.kind``: none, the model attacks (sign_flip, scale, gaussian) and data poisoning (label_flip)."""
+LABEL_MODES = ("reverse", "random")
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def check_attack(kind: str, fraction: float, scale: Optional[float], noise_std: float, label_mode: str) -> None:
+    """Validate the ``fl.attack.*`` values (shared by :class:`AttackConfig` and
+    :class:`hpcfed.fl.attacks.AttackSpec`); raise a one-line :class:`ConfigError` naming the key."""
+    check_choice("fl.attack.kind", kind, ATTACKS)
+    if not _finite_number(fraction) or not 0.0 <= float(fraction) <= 1.0:
+        raise ConfigError(f"fl.attack.fraction={fraction!r} must be in [0, 1]")
+    if scale is not None and (not _finite_number(scale) or not float(scale) > 0):
+        raise ConfigError(f"fl.attack.scale={scale!r} must be a finite number > 0")
+    if not _finite_number(noise_std) or not float(noise_std) > 0:
+        raise ConfigError(f"fl.attack.noise_std={noise_std!r} must be a finite number > 0")
+    check_choice("fl.attack.label_mode", label_mode, LABEL_MODES)
+
+
+@dataclass
+class AttackConfig:
+    """Attack injection for testing and studying robust aggregation (``fl.attack``; hpcfed/fl/attacks.py,
+    docs/robustness.md). A fixed, seeded set of round(fraction · num_clients) clients is Byzantine for the whole
+    run; the same on any number of ranks. Inactive (kind none or fraction 0): left out of the config hash."""
+
+    kind: str = "none"
+    """'none', a model attack applied to a Byzantine client's update after local training — 'sign_flip'
+    (Δ → −s·Δ), 'scale' (Δ → s·Δ), 'gaussian' (Δ → N(0, σ²I)) — or 'label_flip' (its labels poisoned when its
+    data is loaded)."""
+    fraction: float = 0.0
+    """Share of all clients that are Byzantine, in [0, 1] (drawn once from the run seed)."""
+    scale: Optional[float] = None
+    """s of sign_flip (default 1) and scale (default 10); > 0."""
+    noise_std: float = 1.0
+    """σ of the gaussian attack, in parameter units; > 0."""
+    label_mode: str = "reverse"
+    """label_flip: 'reverse' (y → K−1−y) or 'random' (a uniformly drawn other label, seeded per client)."""
+
+    def __post_init__(self) -> None:
+        check_attack(self.kind, self.fraction, self.scale, self.noise_std, self.label_mode)
+
+    @property
+    def active(self) -> bool:
+        """Whether any client attacks (a kind other than 'none' and a fraction > 0)."""
+        return self.kind != "none" and self.fraction > 0
+
+
 @dataclass
 class FLConfig:
     """Federated rounds: cohort sampling, local training, aggregation, server step."""
@@ -318,6 +372,17 @@ class FLConfig:
     """Past this many dropped clients in one round the run checkpoints and stops (null: half the cohort)."""
     inject_failure_rate: float = 0.0
     """Testing aid: each client update fails (NaN) with this probability, seeded by (seed, round, client)."""
+    aggregator: str = "fedavg"
+    """How the round's client updates are combined: 'fedavg' (the weighted mean, ONE all-reduce per round) or a
+    Byzantine-robust rule — 'median', 'trimmed_mean' (Yin et al., ICML 2018), 'krum', 'multi_krum' (Blanchard
+    et al., NeurIPS 2017), 'centered_clip' (Karimireddy et al., ICML 2021), 'norm_bound' (Sun et al., 2019) —
+    which additionally gathers every client's update to every rank: cohort × trainable elements × 4 bytes per
+    rank per round (hpcfed/fl/robust.py, docs/robustness.md). Not with ``fl.dp.enabled``."""
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    """The robust rule's parameters, e.g. ``fl.aggregator_params.trim_fraction=0.2`` (trimmed_mean),
+    ``num_byzantine`` (krum, multi_krum), ``num_selected`` (multi_krum), ``tau`` / ``iterations`` / ``center``
+    (centered_clip), ``max_norm`` (norm_bound); unknown keys fail. Empty with 'fedavg'."""
+    attack: AttackConfig = field(default_factory=AttackConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
     dp: DPConfig = field(default_factory=DPConfig)
@@ -330,6 +395,18 @@ class FLConfig:
         if self.dp.enabled and self.dp.accountant == "pld" and self.sampling == "fixed":
             raise ConfigError("fl.dp.accountant=pld does not support fl.sampling=fixed (dp-accounting's PLD has no "
                               "sampling without replacement); use fl.sampling=poisson or fl.dp.accountant=rdp")
+        check_choice("fl.aggregator", self.aggregator, AGGREGATORS)
+        if self.aggregator == "fedavg" and self.aggregator_params:
+            key = sorted(self.aggregator_params)[0]
+            raise ConfigError(f"fl.aggregator_params.{key} is set but fl.aggregator=fedavg has no parameters "
+                              "(choose a robust rule, or leave fl.aggregator_params empty)")
+        if self.aggregator != "fedavg" and self.dp.enabled:
+            raise ConfigError(f"fl.aggregator={self.aggregator} does not work with fl.dp.enabled=true (DP-FedAvg "
+                              "calibrates its noise to the sum of clipped updates); use fl.aggregator=fedavg")
+        if self.aggregator != "fedavg" and self.mode != "federated":
+            raise ConfigError(f"fl.aggregator={self.aggregator} needs fl.mode=federated (got fl.mode={self.mode!r})")
+        if self.attack.active and self.mode != "federated":
+            raise ConfigError(f"fl.attack.kind={self.attack.kind} needs fl.mode=federated (got fl.mode={self.mode!r})")
         check_fraction("fl.local_only_holdout", self.local_only_holdout)
         check_positive("fl.max_update_norm", self.max_update_norm)
         check_positive("fl.max_failed_clients_per_round", self.max_failed_clients_per_round, allow_zero=True)

@@ -92,7 +92,8 @@ def parse_params(params_cls: Optional[type], values: dict[str, Any], algorithm: 
 
 def check_engine_options(cls: type["Algorithm"], cfg: Config) -> None:
     """Reject engine options the algorithm ``cls`` cannot run with (client-level DP without
-    :attr:`Algorithm.supports_dp`).
+    :attr:`Algorithm.supports_dp`, a robust ``fl.aggregator`` without :attr:`Algorithm.supports_robust`), and
+    check ``fl.aggregator_params`` against the rule and the cohort (:func:`hpcfed.fl.robust.validate_params`).
 
     Raises:
         ConfigError: one line naming the keys.
@@ -100,6 +101,17 @@ def check_engine_options(cls: type["Algorithm"], cfg: Config) -> None:
     if cfg.fl.dp.enabled and not cls.supports_dp:
         raise ConfigError(f"fl.dp.enabled=true does not work with fl.algorithm={cls.name!r} (client masks or "
                           "per-client state); use fedavg or fedprox")
+    if cfg.fl.aggregator != "fedavg":
+        from hpcfed.fl.robust import validate_params
+
+        if not cls.supports_robust:
+            raise ConfigError(f"fl.aggregator={cfg.fl.aggregator} does not work with fl.algorithm={cls.name!r} "
+                              "(client masks or per-client state: a rule would read an unsent entry as 0); use "
+                              "fedavg or fedprox")
+        try:
+            validate_params(cfg.fl.aggregator, cfg.fl.aggregator_params, cohort_size=cfg.fl.cohort_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 class Algorithm:
@@ -122,6 +134,10 @@ class Algorithm:
     """Whether client-level DP (``fl.dp``) applies: a client's contribution is one update of the whole flat
     buffer, clipped as a unit. False for methods with client masks or per-client state (FedDAT, FedPFT,
     FedYolo), whose updates the DP sum would not cover."""
+    supports_robust: bool = True
+    """Whether a Byzantine-robust ``fl.aggregator`` applies: every client sends one update of the whole flat
+    buffer. False for the same methods as :attr:`supports_dp`: a rule over masked updates would read an entry a
+    client did not send as Δ = 0."""
 
     def __init__(self, params: Any, fl: FLConfig):
         self.params = params

@@ -23,7 +23,8 @@ Seeded like the fault injection of the round loop (``fl.inject_failure_rate``), 
   uniformly drawn other label (``label_mode='random'``, from ``[seed, ATTACK, 0, client]``: round 0 is
   never a training round, rounds count from 1).
 
-Config keys proposed (``fl.attack.*``): the fields of :class:`AttackSpec`.
+Config keys (``fl.attack.*``): :class:`hpcfed.config.AttackConfig`, whose fields :class:`AttackSpec` mirrors
+(the checks are shared: :func:`hpcfed.config.check_attack`); the round loop turns one into the other.
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from hpcfed.config import ATTACKS, LABEL_MODES, AttackConfig, check_attack  # noqa: F401 - ATTACKS re-exported
 from hpcfed.data import ClientData
 from hpcfed.rng import TrainStream, generator
 
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip")
 MODEL_ATTACKS = ("sign_flip", "scale", "gaussian")
 """Attacks on the update (applied after local training); ``label_flip`` poisons the data instead."""
-LABEL_MODES = ("reverse", "random")
 _DEFAULT_SCALE = {"sign_flip": 1.0, "scale": 10.0}
 
 LOAD_TIME_ROUND = 0
@@ -50,7 +50,8 @@ LOAD_TIME_ROUND = 0
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """Who attacks and how (``fl.attack.*``). Validated on construction (one-line ValueError naming the key)."""
+    """Who attacks and how (``fl.attack.*``). Validated on construction (one-line :class:`ConfigError`, a
+    ValueError, naming the key)."""
 
     kind: str = "none"
     """'none', 'sign_flip', 'scale', 'gaussian' (model poisoning) or 'label_flip' (data poisoning)."""
@@ -64,20 +65,13 @@ class AttackSpec:
     """label_flip: 'reverse' (y → K−1−y) or 'random' (a uniformly drawn other label, seeded per client)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ATTACKS:
-            raise ValueError(f"fl.attack.kind={self.kind!r} is not valid; choose one of: {', '.join(ATTACKS)}")
-        if not isinstance(self.fraction, (int, float)) or isinstance(self.fraction, bool) \
-                or not 0.0 <= float(self.fraction) <= 1.0:
-            raise ValueError(f"fl.attack.fraction={self.fraction!r} must be in [0, 1]")
-        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
-                                       or not float(self.scale) > 0 or not np.isfinite(self.scale)):
-            raise ValueError(f"fl.attack.scale={self.scale!r} must be a finite number > 0")
-        if isinstance(self.noise_std, bool) or not isinstance(self.noise_std, (int, float)) \
-                or not float(self.noise_std) > 0 or not np.isfinite(self.noise_std):
-            raise ValueError(f"fl.attack.noise_std={self.noise_std!r} must be a finite number > 0")
-        if self.label_mode not in LABEL_MODES:
-            raise ValueError(f"fl.attack.label_mode={self.label_mode!r} is not valid; choose one of: "
-                             f"{', '.join(LABEL_MODES)}")
+        check_attack(self.kind, self.fraction, self.scale, self.noise_std, self.label_mode)
+
+    @classmethod
+    def from_config(cls, cfg: AttackConfig) -> "AttackSpec":
+        """The spec of the config section ``fl.attack``."""
+        return cls(kind=cfg.kind, fraction=float(cfg.fraction), scale=None if cfg.scale is None else float(cfg.scale),
+                   noise_std=float(cfg.noise_std), label_mode=cfg.label_mode)
 
     @property
     def active(self) -> bool:

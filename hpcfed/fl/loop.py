@@ -1,4 +1,9 @@
-"""The round loop: sample → place → train → accumulate → ONE all-reduce → (DP noise) → server step → evaluate.
+"""The round loop: sample → place → train → accumulate → ONE all-reduce → (DP noise | robust rule) → server step →
+evaluate.
+
+With a robust ``fl.aggregator`` (hpcfed/fl/robust.py) the round also gathers every client's update after the
+all-reduce (which still carries the round's statistics) and the server steps on the rule's Δ; with ``fl.attack``
+the Byzantine clients' updates (or labels) are poisoned (hpcfed/fl/attacks.py).
 
 It talks to other ranks only through the :class:`~hpcfed.dist.Comm` it is handed, and to the outside through
 callbacks (metrics file, progress bar, checkpoints). ``comm.rank`` is used only to pick this rank's share of
@@ -12,16 +17,17 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import nn
 
-from hpcfed.config import Config
+from hpcfed.config import Config, ConfigError
 from hpcfed.data import ClientData, ShardedDataset
 from hpcfed.dist import Comm, place_clients
 from hpcfed.fl.aggregate import Aggregator
 from hpcfed.fl.algorithm import Algorithm
+from hpcfed.fl.attacks import AttackSpec, apply_model_attack, byzantine_clients, poison_client_data
 from hpcfed.fl.client import LocalTrainer, confusion_metrics, evaluate
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
@@ -57,10 +63,12 @@ class RoundState:
 
 
 class ClientCache:
-    """Loaded clients of this rank, least recently used evicted past ``max_clients``."""
+    """Loaded clients of this rank, least recently used evicted past ``max_clients``; ``poison(cid, data)``, when
+    given, transforms a client's data once when it is loaded (``fl.attack.kind=label_flip``)."""
 
-    def __init__(self, dataset: ShardedDataset, max_clients: int = 256):
-        self.dataset, self.max_clients = dataset, max_clients
+    def __init__(self, dataset: ShardedDataset, max_clients: int = 256,
+                 poison: Optional[Callable[[int, ClientData], ClientData]] = None):
+        self.dataset, self.max_clients, self.poison = dataset, max_clients, poison
         self._cache: OrderedDict[int, ClientData] = OrderedDict()
 
     def get(self, cid: int) -> ClientData:
@@ -68,6 +76,8 @@ class ClientCache:
             self._cache.move_to_end(cid)
             return self._cache[cid]
         data = self.dataset.load_client(cid)
+        if self.poison is not None:
+            data = self.poison(cid, data)
         self._cache[cid] = data
         if len(self._cache) > self.max_clients:
             self._cache.popitem(last=False)
@@ -105,7 +115,23 @@ class FederatedLoop:
         self.aggregator = Aggregator(flat.numel, device, kernel_backend)
         self.server = ServerOptimizer(cfg.fl.server_opt, flat.numel, device, kernel_backend)
         self.theta_global = flat.data.detach().clone()
-        self.clients = ClientCache(dataset)
+        self.attack = AttackSpec.from_config(cfg.fl.attack)
+        self.byzantine: frozenset[int] = byzantine_clients(cfg.seed, dataset.num_clients, self.attack.fraction) \
+            if self.attack.active else frozenset()
+        """The run's Byzantine clients (``fl.attack``; fixed, the same on every rank); empty without an attack."""
+        label_flip = self.attack.kind == "label_flip" and bool(self.byzantine)
+        self.clients = ClientCache(dataset, poison=self._poison if label_flip else None)
+        self.robust = None
+        """The robust rule's aggregator (:class:`~hpcfed.fl.robust.RobustAggregator`) with ``fl.aggregator`` ≠
+        'fedavg', else None."""
+        if cfg.fl.aggregator != "fedavg":
+            from hpcfed.fl.robust import RobustAggregator
+
+            self.robust = RobustAggregator(cfg.fl.aggregator, cfg.fl.aggregator_params, flat.numel, device)
+        if self.byzantine and comm.rank == 0:
+            log.info("fl.attack: %d of %d clients are Byzantine (kind=%s, fraction=%g); aggregator %s",
+                     len(self.byzantine), dataset.num_clients, self.attack.kind, self.attack.fraction,
+                     cfg.fl.aggregator)
         self.state = RoundState()
         self.failures: list[tuple[int, int, str]] = []
         """(round, client id, reason) of every client update dropped on this rank."""
@@ -116,6 +142,9 @@ class FederatedLoop:
 
             self.dp = make_client_dp(cfg, dataset.num_clients, main=comm.rank == 0)
         self.algorithm.setup(self)
+        if label_flip and not isinstance(self.clients, ClientCache):
+            raise ConfigError(f"fl.attack.kind=label_flip does not work with fl.algorithm={self.algorithm.name!r} "
+                              "(it loads its clients' data itself)")
         self.group_trainer = None
         g = cfg.fl.local.client_group_size
         if g > 1:
@@ -169,28 +198,36 @@ class FederatedLoop:
         self.trainer.set_round(round_idx, self.cfg.fl.rounds)
         self.algorithm.on_round_start(self, round_idx)
         if self.group_trainer is not None:
-            self._train_groups(round_idx)
+            groups = self.my_groups(round_idx)
+            if self.robust is not None:
+                self.robust.reset(sum(len(g) for g in groups))
+            self._train_groups(round_idx, groups)
         else:
-            for cid in self.my_clients(round_idx):
+            mine = self.my_clients(round_idx)
+            if self.robust is not None:
+                self.robust.reset(len(mine))
+            for cid in mine:
                 data = self.clients.get(cid)
                 mask = self.algorithm.client_mask(cid)
                 agg.count_down(mask)
                 try:
                     res = self.algorithm.local_update(self.trainer, self.theta_global, data,
                                                       client_seed(self.cfg.seed, round_idx, cid), cid)
+                    self._attack(round_idx, cid, self.flat.data)
                     self._inject_fault(round_idx, cid, self.flat.data)
                     norm = self._check_update(res.loss_sum, self.flat.data)
                 except Exception as e:  # noqa: BLE001 - any client failure drops that client, not the run
                     self._drop(round_idx, cid, e)
                     continue
-                agg.add(self.flat.data, self.theta_global, self._weight(len(data), norm), mask)
+                self._accumulate(cid, self.flat.data, self._weight(len(data), norm), mask)
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
         if self.stop_flag is not None and self.stop_flag.requested:
             agg.add_stats(stop_requested=1)
-        stats = agg.reduce(self.comm)  # the round's ONE collective
+        stats = agg.reduce(self.comm)  # the round's ONE collective (FedAvg); a robust rule adds its gathers
         dp_metrics = {}
         if self.dp is not None:  # noise once, on the reduced sum (same on every rank); fixed denominator
             dp_metrics = self.dp.privatize(agg.acc, agg.cnt, round_idx, stats["clients_ok"], stats["dp_unclipped"])
+        robust_metrics = self._robust_reduce(round_idx)
         self.server.step(self.theta_global, agg.acc, agg.cnt)
         self.flat.data.copy_(self.theta_global)
         extra = self.algorithm.after_round(self, round_idx)
@@ -208,6 +245,7 @@ class FederatedLoop:
             "clients_failed": int(stats["clients_failed"]),
         }
         metrics.update(dp_metrics)
+        metrics.update(robust_metrics)
         metrics.update(extra)
         if stats["stop_requested"] > 0:
             metrics["stop_requested"] = True
@@ -219,12 +257,13 @@ class FederatedLoop:
         self.failures.append((round_idx, cid, reason))
         self.aggregator.add_stats(clients_failed=1)
 
-    def _train_groups(self, round_idx: int) -> None:
-        """The client-parallel path: each of this rank's groups trained at once, then checked and
-        accumulated client by client (a failing client is dropped alone; a failing group drops its clients)."""
+    def _train_groups(self, round_idx: int, groups: Optional[list[list[int]]] = None) -> None:
+        """The client-parallel path: each of this rank's groups (default :meth:`my_groups`) trained at once, then
+        checked and accumulated client by client (a failing client is dropped alone; a failing group drops its
+        clients)."""
         gt, agg = self.group_trainer, self.aggregator
         gt.set_lr(self.trainer.lr)
-        for group in self.my_groups(round_idx):
+        for group in (groups if groups is not None else self.my_groups(round_idx)):
             datas = [self.clients.get(c) for c in group]
             masks = [self.algorithm.client_mask(c) for c in group]
             for m in masks:
@@ -239,13 +278,50 @@ class FederatedLoop:
             for g, cid in enumerate(group):
                 theta, res = thetas[g], results[g]
                 try:
+                    self._attack(round_idx, cid, theta)
                     self._inject_fault(round_idx, cid, theta)
                     norm = self._check_update(res.loss_sum, theta)
                 except Exception as e:  # noqa: BLE001
                     self._drop(round_idx, cid, e)
                     continue
-                agg.add(theta, self.theta_global, self._weight(len(datas[g]), norm), masks[g])
+                self._accumulate(cid, theta, self._weight(len(datas[g]), norm), masks[g])
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
+
+    def _accumulate(self, cid: int, theta: torch.Tensor, weight: float, mask: Optional[torch.Tensor]) -> None:
+        """Fold a surviving client's update into the round: the FedAvg accumulator (always: it counts the
+        round's elements and clients) and, with a robust rule, the robust aggregator's rows."""
+        self.aggregator.add(theta, self.theta_global, weight, mask)
+        if self.robust is not None:
+            self.robust.add(cid, theta, self.theta_global, weight)
+
+    def _robust_reduce(self, round_idx: int) -> dict:
+        """With a robust rule: gather the cohort's updates, apply the rule (identical on every rank) and put its
+        Δ where the server step reads the mean (acc = Δ, cnt = 1; untouched when no client succeeded, so the
+        server step sees the same empty round as FedAvg's). Returns the round's attack / selection metrics."""
+        out = {}
+        if self.byzantine:
+            out["byzantine_clients"] = sum(c in self.byzantine for c in self.cohort(round_idx))
+        if self.robust is None:
+            return out
+        delta = self.robust.reduce(self.comm)  # (n,) fp32
+        if self.robust.last_clients:
+            self.aggregator.acc.copy_(delta)
+            self.aggregator.cnt.fill_(1.0)
+        if self.byzantine and self.robust.last_selected is not None:
+            out["krum_selected_byzantine"] = sum(c in self.byzantine for c in self.robust.last_selected)
+        return out
+
+    def _attack(self, round_idx: int, cid: int, theta: torch.Tensor) -> None:
+        """``fl.attack``: a Byzantine client's model attack on its trained θ_c (in place; a no-op otherwise)."""
+        if cid in self.byzantine:
+            apply_model_attack(self.attack, theta, self.theta_global, seed=self.cfg.seed, round_idx=round_idx,
+                               cid=cid)
+
+    def _poison(self, cid: int, data: ClientData) -> ClientData:
+        """``fl.attack.kind=label_flip``: a Byzantine client's labels flipped when its data is loaded."""
+        if cid not in self.byzantine:
+            return data
+        return poison_client_data(self.attack, data, self.num_classes(), seed=self.cfg.seed, cid=cid)
 
     def _inject_fault(self, round_idx: int, cid: int, theta: torch.Tensor) -> None:
         """Testing aid (``fl.inject_failure_rate``): poison the update with NaN, seeded per client."""
@@ -284,11 +360,13 @@ class FederatedLoop:
     # -- checkpoint state ----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue exactly: global buffer, server optimizer state, RNG, the algorithm's
-        state (``algo.*``) and, under ``fl.dp``, the clip norm (``dp.clip_norm``)."""
+        state (``algo.*``), under ``fl.dp`` the clip norm (``dp.clip_norm``) and with a robust rule its previous
+        aggregate (``robust.previous``, centered clipping's reference)."""
         return {"theta_global": self.theta_global, **self.server.state_dict(),
                 "rng.torch": torch.get_rng_state(),
                 **{f"algo.{k}": v for k, v in self.algorithm.state_tensors().items()},
-                **({f"dp.{k}": v for k, v in self.dp.state_tensors().items()} if self.dp is not None else {})}
+                **({f"dp.{k}": v for k, v in self.dp.state_tensors().items()} if self.dp is not None else {}),
+                **(self.robust.state_tensors() if self.robust is not None else {})}
 
     def load_state(self, tensors: dict[str, torch.Tensor], round_idx: int, history: list[dict]) -> None:
         """Restore what :meth:`state_tensors` saved, as of the end of round ``round_idx``.
@@ -307,6 +385,8 @@ class FederatedLoop:
         self.algorithm.load_state({k[5:]: v for k, v in tensors.items() if k.startswith("algo.")})
         if self.dp is not None:
             self.dp.load_state({k[3:]: v for k, v in tensors.items() if k.startswith("dp.")})
+        if self.robust is not None:
+            self.robust.load_state(tensors)
         self.state = RoundState(round_idx, list(history))
 
     # -- evaluation ----------------------------------------------------------------------------------

@@ -42,13 +42,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from hpcfed.config import ROBUST_AGGREGATORS
 from hpcfed.dist import Comm
 from hpcfed.dist.comm import GATHER_CHUNK_BYTES
 
 DEFAULT_CHUNK_BYTES = 64 << 20
 """Temporary memory (bytes) one column chunk of a rule may use, besides the (m, n) updates themselves."""
 
-AGGREGATORS = ("median", "trimmed_mean", "krum", "multi_krum", "centered_clip", "norm_bound")
+AGGREGATORS = ROBUST_AGGREGATORS
 """Names of the robust rules (``fl.aggregator``; 'fedavg', the default, is the all-reduce path, not here)."""
 
 

@@ -122,7 +122,8 @@ LEGACY_HASH_KEYS = {
     "model": ["allow_download", "arch", "clip_prompt_template", "dropout", "family", "hidden_size", "img_size",
               "intermediate_size", "num_classes", "num_heads", "num_layers", "patch_size", "path", "pooling",
               "pretrained", "vocab_size"],
-    # fl.sampling and the fl.dp section (issue #17) are left out while at 'fixed' / while DP is off
+    # fl.sampling, the fl.dp section, fl.aggregator / fl.aggregator_params and the fl.attack section (issue #17)
+    # are left out while at 'fixed' / while DP is off / at 'fedavg' and {} / while no attack is active
     "fl": ["algo", "algorithm", "cohort_size", "inject_failure_rate", "local", "local_only_holdout",
            "max_failed_clients_per_round", "max_update_norm", "mode", "server_opt", "weighting"],
 }
@@ -136,11 +137,13 @@ def test_hash_ignores_new_keys_at_their_defaults():
     assert (payload["model"]["img_size"], payload["model"]["patch_size"]) == (32, 4)  # null = the old 32 / 4
     for words in (["plugins=[json]"], ["data.allow_download=true"], ["logging.report_to=[csv]"],
                   ["checkpoint.export_model=false"], ["eval.warn_loss_rise_rounds=0"], ["fl.sampling=fixed"],
-                  ["fl.dp.clip_norm=3", "fl.dp.adaptive_clip=true"]):  # DP off: its other keys change nothing
+                  ["fl.dp.clip_norm=3", "fl.dp.adaptive_clip=true"],  # DP off: its other keys change nothing
+                  ["fl.aggregator=fedavg"], ["fl.attack.kind=scale", "fl.attack.fraction=0"]):  # no attack
         assert load_config(words).hash() == cfg.hash(), words
     for words in (["data.header=false", "data.label_column=0", "data.text_column=1"], ["model.resample=true"],
                   ["data.partition=iid", "data.quantity_skew=lognormal"], ["fl.sampling=poisson"],
-                  ["fl.dp.enabled=true", "fl.dp.noise_multiplier=1"]):
+                  ["fl.dp.enabled=true", "fl.dp.noise_multiplier=1"], ["fl.aggregator=median"],
+                  ["fl.attack.kind=sign_flip", "fl.attack.fraction=0.2"]):
         assert load_config(words).hash() != cfg.hash(), words
     assert load_config({"peft": {"config": {"peft_type": "IA3"}}}).hash() != cfg.hash()
 
