@@ -65,3 +65,24 @@ def test_parquet_with_natural_client_ids_trains(tmp_path):
     info = json.loads((res.run_dir / "run_info.json").read_text())
     assert info["num_clients"] == 5  # one client per writer id
     assert res.history[0]["clients"] == 4  # tiny_text's cohort of 4 out of the 5
+
+
+def test_readme_own_data_example_composes_on_the_text_recipe(tmp_path):
+    """The README's `mydata.yaml` (defaults: configs/text_classification.yaml) loads with the recipe of
+    docs/recipes.md underneath and the user's data keys on top."""
+    import re
+
+    import yaml
+
+    from hpcfed.config import load_config
+
+    block = re.search(r"```yaml\n(# mydata\.yaml.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    doc = yaml.safe_load(block)
+    doc["defaults"] = [str(REPO / d) for d in doc["defaults"]]
+    doc.pop("logging", None)  # trackers need extras; not what this checks
+    (tmp_path / "mydata.yaml").write_text(yaml.safe_dump(doc))
+    cfg = load_config([f"config={tmp_path / 'mydata.yaml'}"])
+    assert (cfg.fl.local.optimizer, cfg.fl.local.lr, cfg.fl.local.logit_adjust_tau, cfg.fl.weighting) == \
+        ("sgd", 0.1, 1.0, "uniform")
+    assert (cfg.data.header, str(cfg.data.label_column), [str(c) for c in cfg.data.text_columns]) == \
+        (False, "0", ["1", "2"])
