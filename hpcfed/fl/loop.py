@@ -32,6 +32,7 @@ from hpcfed.fl.client import LocalTrainer, confusion_metrics, evaluate
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
 from hpcfed.fl.state_store import ClientStateStore
+from hpcfed.fl.robust import TooFewUpdates
 from hpcfed.peft import FlatParams
 from hpcfed.rng import TrainStream, generator
 
@@ -125,7 +126,7 @@ class FederatedLoop:
         """The robust rule's aggregator (:class:`~hpcfed.fl.robust.RobustAggregator`) with ``fl.aggregator`` ≠
         'fedavg', else None."""
         if cfg.fl.aggregator != "fedavg":
-            from hpcfed.fl.robust import RobustAggregator
+            from hpcfed.fl.robust import RobustAggregator  # noqa: PLC0415 (only with a robust rule)
 
             self.robust = RobustAggregator(cfg.fl.aggregator, cfg.fl.aggregator_params, flat.numel, device)
         if self.byzantine and comm.rank == 0:
@@ -207,10 +208,10 @@ class FederatedLoop:
             if self.robust is not None:
                 self.robust.reset(len(mine))
             for cid in mine:
-                data = self.clients.get(cid)
                 mask = self.algorithm.client_mask(cid)
                 agg.count_down(mask)
-                try:
+                try:  # loading too: a client whose data fails on one rank must not leave the others waiting
+                    data = self.clients.get(cid)
                     res = self.algorithm.local_update(self.trainer, self.theta_global, data,
                                                       client_seed(self.cfg.seed, round_idx, cid), cid)
                     self._attack(round_idx, cid, self.flat.data)
@@ -264,11 +265,11 @@ class FederatedLoop:
         gt, agg = self.group_trainer, self.aggregator
         gt.set_lr(self.trainer.lr)
         for group in (groups if groups is not None else self.my_groups(round_idx)):
-            datas = [self.clients.get(c) for c in group]
             masks = [self.algorithm.client_mask(c) for c in group]
             for m in masks:
                 agg.count_down(m)
-            try:
+            try:  # loading too (see run_round)
+                datas = [self.clients.get(c) for c in group]
                 thetas, results = gt.train_group(datas, [client_seed(self.cfg.seed, round_idx, c) for c in group],
                                                  self.theta_global, masks)
             except Exception as e:  # noqa: BLE001 - the whole group failed
@@ -303,7 +304,14 @@ class FederatedLoop:
             out["byzantine_clients"] = sum(c in self.byzantine for c in self.cohort(round_idx))
         if self.robust is None:
             return out
-        delta = self.robust.reduce(self.comm)  # (n,) fp32
+        try:
+            delta = self.robust.reduce(self.comm)  # (n,) fp32
+        except TooFewUpdates as e:  # every rank alike: the round keeps its stats, the model stays put
+            log.warning("round %d: %s; no server step this round", round_idx, e)
+            self.aggregator.acc.zero_()
+            self.aggregator.cnt.zero_()
+            out["robust_skipped"] = True
+            return out
         if self.robust.last_clients:
             self.aggregator.acc.copy_(delta)
             self.aggregator.cnt.fill_(1.0)

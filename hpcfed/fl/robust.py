@@ -496,12 +496,17 @@ def validate_params(name: str, params: Optional[Mapping[str, Any]] = None, *,
     return out
 
 
+class TooFewUpdates(ValueError):
+    """A round has too few client updates for the rule (Krum / multi-Krum: m ≤ 2f + 2). The round loop skips
+    that round's server step (same on every rank, since every rank sees the same m) instead of stopping."""
+
+
 def _check_cohort(name: str, params: Mapping[str, Any], m: int) -> None:
     if name not in ("krum", "multi_krum"):
         return
     f = _resolve_f(params.get("num_byzantine"), m)
     if f < 0 or m <= 2 * f + 2:
-        raise ValueError(f"{name} needs more than 2f+2 = {2 * max(f, 0) + 2} client updates "
+        raise TooFewUpdates(f"{name} needs more than 2f+2 = {2 * max(f, 0) + 2} client updates "
                          f"(f = num_byzantine = {max(f, 0)}), got a cohort of {m}")
     k = params.get("num_selected")
     if k is not None and k > m:
@@ -649,8 +654,8 @@ class RobustAggregator:
         """Gather the cohort's updates and apply the rule → (n,) float32 (zeros when no client succeeded).
 
         Raises:
-            ValueError: too few updates for the rule this round (e.g. Krum after failures: m ≤ 2f + 2); raised
-                on every rank alike, since every rank sees the same m.
+            TooFewUpdates: too few updates for the rule this round (e.g. Krum after failures: m ≤ 2f + 2);
+                raised on every rank alike, since every rank sees the same m.
         """
         k = len(self._ids)
         updates, ids, w = gather_updates(comm, self._buf[:k], self._ids, self._weights,

@@ -265,3 +265,38 @@ def test_new_keys_leave_the_hash_alone_until_used():
         ["fl.aggregator=trimmed_mean", "fl.aggregator_params.trim_fraction=0.2"],
         ["fl.attack.kind=scale", "fl.attack.fraction=0.2"], ["fl.attack.kind=scale", "fl.attack.fraction=0.3"])}
     assert len(hashes) == 6
+
+
+def test_krum_with_too_few_updates_skips_the_server_step_instead_of_stopping(toy_text, monkeypatch):
+    """m ≤ 2f + 2 in one round (Poisson cohorts, dropped clients): that round makes no server step, says so in
+    its metrics, and the run goes on."""
+    loop, ds = _loop(toy_text + ALL + ["fl.aggregator=krum"])
+    theta0 = loop.theta_global.clone()
+
+    def too_few(comm):
+        raise robust.TooFewUpdates("krum needs more than 2f+2 = 4 client updates (f = 1), got a cohort of 4")
+
+    monkeypatch.setattr(loop.robust, "reduce", too_few)
+    m = loop.run_round(1)
+    assert m["robust_skipped"] is True and m["clients"] == 6
+    torch.testing.assert_close(loop.theta_global, theta0, rtol=0, atol=0)
+    monkeypatch.undo()
+    assert "robust_skipped" not in loop.run_round(2)  # the next round aggregates as usual
+    assert not torch.equal(loop.theta_global, theta0)
+    ds.close()
+
+
+def test_a_client_whose_data_fails_to_load_is_dropped_not_fatal(toy_text):
+    loop, ds = _loop(toy_text + ALL)
+    get = loop.clients.get
+
+    def flaky(cid):
+        if cid == 3:
+            raise OSError("shard-00000.h5: read error")
+        return get(cid)
+
+    loop.clients.get = flaky
+    m = loop.run_round(1)
+    assert (m["clients"], m["clients_failed"]) == (5, 1)
+    assert any(cid == 3 and "read error" in reason for _, cid, reason in loop.failures)
+    ds.close()
