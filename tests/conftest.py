@@ -164,3 +164,102 @@ def fail_client(loop, cid: int, message: str) -> None:
         return update(trainer, theta, data, seed, client_id)
 
     loop.algorithm.local_update = local_update
+
+
+class TwoThreadWorld:
+    """A world of two ranks as two threads of this process (for 1-vs-2-rank equality tests without mpirun):
+    :meth:`comm` gives rank r's comm, :meth:`run` runs ``rounds`` of two loops built on them at once."""
+
+    def __init__(self):
+        import threading
+
+        self.barrier = threading.Barrier(2, timeout=120)
+        self.bufs: list = [None, None]
+        self.obj = None
+
+    def comm(self, rank: int) -> "TwoThreadComm":
+        return TwoThreadComm(rank, self)
+
+    def run(self, loops, rounds) -> None:
+        """``loop.run_round(r)`` for r in ``rounds`` on both loops at once; re-raises a rank's error."""
+        import threading
+
+        errors = []
+
+        def run(loop):
+            try:
+                for r in rounds:
+                    loop.run_round(r)
+            except Exception as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=run, args=(loop,)) for loop in loops]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors, errors
+
+
+class TwoThreadComm:
+    """Rank ``rank`` of a :class:`TwoThreadWorld`: all_reduce_sum adds the two ranks' tensors, all_gather stacks
+    rank 0's rows then rank 1's; ``tags`` records the collectives in order."""
+
+    world_size = 2
+
+    def __init__(self, rank: int, world: TwoThreadWorld):
+        self.rank, self.world, self.tags = rank, world, []
+
+    def _exchange(self, t):
+        w = self.world
+        w.bufs[self.rank] = t.clone()
+        w.barrier.wait()
+        both = list(w.bufs)
+        w.barrier.wait()
+        return both
+
+    def all_reduce_sum(self, t, *, tag="aggregate"):
+        self.tags.append(tag)
+        a, b = self._exchange(t)
+        return t.copy_(a + b)
+
+    def all_gather(self, t, *, tag="gather", chunk_bytes=None):
+        self.tags.append(tag)
+        return torch.cat(self._exchange(t))
+
+    def broadcast_object(self, obj, src=0):  # only while building, rank 0 first (no thread waits here)
+        if self.rank == src:
+            self.world.obj = obj
+        return self.world.obj
+
+    def barrier(self):
+        pass
+
+
+def build_cpu_loop(words, comm=None):
+    """The round loop of a config (words), validated as the composition root does, on CPU with ``comm``
+    (default: one process); dropout off. Returns (loop, dataset); close the dataset when done."""
+    from hpcfed.compose import build_loop, validate
+    from hpcfed.config import load_config
+    from hpcfed.dist import LocalComm
+
+    class _Runtime:
+        device = torch.device("cpu")
+
+    cfg = load_config(list(words))
+    validate(cfg)
+    loop, ds = build_loop(cfg, _Runtime(), comm or LocalComm())
+    disable_dropout(loop.model)
+    return loop, ds
+
+
+def set_known_updates(loop, deltas: dict) -> None:
+    """Make client ``cid``'s local update exactly ``deltas[cid]`` ((n,) fp32; no training)."""
+    from hpcfed.fl.client import LocalResult
+
+    def local_update(trainer, theta, data, seed, cid):
+        trainer.flat.data.copy_(theta + deltas[cid])
+        return LocalResult(loss_sum=1.0, samples_seen=1, steps=1, final_loss=1.0)
+
+    loop.algorithm.local_update = local_update

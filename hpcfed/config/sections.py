@@ -299,8 +299,8 @@ def _finite_number(v: Any) -> bool:
 
 
 def check_attack(kind: str, fraction: float, scale: Optional[float], noise_std: float, label_mode: str) -> None:
-    """Validate the ``fl.attack.*`` values (shared by :class:`AttackConfig` and
-    :class:`hpcfed.fl.attacks.AttackSpec`); raise a one-line :class:`ConfigError` naming the key."""
+    """Validate the ``fl.attack.*`` values of :class:`AttackConfig` (``hpcfed.fl.attacks.AttackSpec`` is that
+    class); raise a one-line :class:`ConfigError` naming the key."""
     check_choice("fl.attack.kind", kind, ATTACKS)
     if not _finite_number(fraction) or not 0.0 <= float(fraction) <= 1.0:
         raise ConfigError(f"fl.attack.fraction={fraction!r} must be in [0, 1]")
@@ -337,6 +337,11 @@ class AttackConfig:
     def active(self) -> bool:
         """Whether any client attacks (a kind other than 'none' and a fraction > 0)."""
         return self.kind != "none" and self.fraction > 0
+
+    @property
+    def effective_scale(self) -> float:
+        """``scale``, or the kind's default (sign_flip 1, scale 10; 1 for the others, where it is unused)."""
+        return float(self.scale) if self.scale is not None else {"sign_flip": 1.0, "scale": 10.0}.get(self.kind, 1.0)
 
 
 @dataclass

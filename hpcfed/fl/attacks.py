@@ -23,65 +23,30 @@ Seeded like the fault injection of the round loop (``fl.inject_failure_rate``), 
   uniformly drawn other label (``label_mode='random'``, from ``[seed, ATTACK, 0, client]``: round 0 is
   never a training round, rounds count from 1).
 
-Config keys (``fl.attack.*``): :class:`hpcfed.config.AttackConfig`, whose fields :class:`AttackSpec` mirrors
-(the checks are shared: :func:`hpcfed.config.check_attack`); the round loop turns one into the other.
+Config keys (``fl.attack.*``): :class:`hpcfed.config.AttackConfig` (``AttackSpec`` here is the same class).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
-from hpcfed.config import ATTACKS, LABEL_MODES, AttackConfig, check_attack  # noqa: F401 - ATTACKS re-exported
+from hpcfed.config import ATTACKS, LABEL_MODES, AttackConfig  # noqa: F401 - ATTACKS re-exported
 from hpcfed.data import ClientData
 from hpcfed.rng import TrainStream, generator
 
 MODEL_ATTACKS = ("sign_flip", "scale", "gaussian")
 """Attacks on the update (applied after local training); ``label_flip`` poisons the data instead."""
-_DEFAULT_SCALE = {"sign_flip": 1.0, "scale": 10.0}
 
 LOAD_TIME_ROUND = 0
 """The round key of the load-time draws (``label_mode='random'``): rounds are numbered from 1."""
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    """Who attacks and how (``fl.attack.*``). Validated on construction (one-line :class:`ConfigError`, a
-    ValueError, naming the key)."""
-
-    kind: str = "none"
-    """'none', 'sign_flip', 'scale', 'gaussian' (model poisoning) or 'label_flip' (data poisoning)."""
-    fraction: float = 0.0
-    """Share of all clients that are Byzantine, in [0, 1]; round(fraction · num_clients) of them."""
-    scale: Optional[float] = None
-    """s of sign_flip (Δ → −s·Δ, default 1) and scale (Δ → s·Δ, default 10); must be > 0."""
-    noise_std: float = 1.0
-    """σ of the gaussian attack (Δ → N(0, σ²)), > 0, in parameter units."""
-    label_mode: str = "reverse"
-    """label_flip: 'reverse' (y → K−1−y) or 'random' (a uniformly drawn other label, seeded per client)."""
-
-    def __post_init__(self) -> None:
-        check_attack(self.kind, self.fraction, self.scale, self.noise_std, self.label_mode)
-
-    @classmethod
-    def from_config(cls, cfg: AttackConfig) -> "AttackSpec":
-        """The spec of the config section ``fl.attack``."""
-        return cls(kind=cfg.kind, fraction=float(cfg.fraction), scale=None if cfg.scale is None else float(cfg.scale),
-                   noise_std=float(cfg.noise_std), label_mode=cfg.label_mode)
-
-    @property
-    def active(self) -> bool:
-        """Whether any client attacks (a kind other than 'none' and a fraction > 0)."""
-        return self.kind != "none" and self.fraction > 0
-
-    @property
-    def effective_scale(self) -> float:
-        """``scale``, or the kind's default (sign_flip 1, scale 10; 1 for the others, where it is unused)."""
-        return float(self.scale) if self.scale is not None else _DEFAULT_SCALE.get(self.kind, 1.0)
+AttackSpec = AttackConfig
+"""Who attacks and how: the config section ``fl.attack`` itself (:class:`hpcfed.config.AttackConfig`; validated on
+construction with one-line errors naming the key; ``.active``, ``.effective_scale``)."""
 
 
 def byzantine_clients(seed: int, num_clients: int, fraction: float) -> frozenset[int]:

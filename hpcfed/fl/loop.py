@@ -27,7 +27,7 @@ from hpcfed.data import ClientData, ShardedDataset
 from hpcfed.dist import Comm, place_clients
 from hpcfed.fl.aggregate import Aggregator
 from hpcfed.fl.algorithm import Algorithm
-from hpcfed.fl.attacks import AttackSpec, apply_model_attack, byzantine_clients, poison_client_data
+from hpcfed.fl.attacks import apply_model_attack, byzantine_clients, poison_client_data
 from hpcfed.fl.client import LocalTrainer, confusion_metrics, evaluate
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
@@ -116,7 +116,7 @@ class FederatedLoop:
         self.aggregator = Aggregator(flat.numel, device, kernel_backend)
         self.server = ServerOptimizer(cfg.fl.server_opt, flat.numel, device, kernel_backend)
         self.theta_global = flat.data.detach().clone()
-        self.attack = AttackSpec.from_config(cfg.fl.attack)
+        self.attack = cfg.fl.attack
         self.byzantine: frozenset[int] = byzantine_clients(cfg.seed, dataset.num_clients, self.attack.fraction) \
             if self.attack.active else frozenset()
         """The run's Byzantine clients (``fl.attack``; fixed, the same on every rank); empty without an attack."""

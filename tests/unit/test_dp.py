@@ -5,7 +5,6 @@ target_epsilon calibration, adaptive clipping, checkpoint state, one-line config
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -13,37 +12,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcfed.compose import build_loop, validate
+from hpcfed.compose import validate
 from hpcfed.config import ConfigError, DPConfig, load_config
 from hpcfed.dist import CountingComm, LocalComm
 from hpcfed.fl import dp
 from hpcfed.fl.aggregate import STATS
-from hpcfed.fl.client import LocalResult
 from hpcfed.fl.sampling import cohort_for_round
 from hpcfed.rng import TrainStream, generator
-from tests.conftest import disable_dropout
+from tests.conftest import TwoThreadWorld, build_cpu_loop, set_known_updates
 
 DP = ["fl.dp.enabled=true", "fl.dp.noise_multiplier=0.7", "fl.dp.clip_norm=1.0"]
 
 
-class _Rt:
-    device = torch.device("cpu")
-
-
-def _loop(words, comm=None):
-    cfg = load_config(list(words))
-    loop, ds = build_loop(cfg, _Rt(), comm or LocalComm())
-    disable_dropout(loop.model)
-    return loop, ds
-
-
-def _known_updates(loop, deltas: dict[int, torch.Tensor]) -> None:
-    """Client ``cid``'s local update is exactly ``deltas[cid]`` (no training)."""
-    def local_update(trainer, theta, data, seed, cid):
-        trainer.flat.data.copy_(theta + deltas[cid])
-        return LocalResult(loss_sum=1.0, samples_seen=1, steps=1, final_loss=1.0)
-
-    loop.algorithm.local_update = local_update
+_loop = build_cpu_loop
+_known_updates = set_known_updates
 
 
 def test_clip_and_noise_match_hand_computation(toy_text):
@@ -81,66 +63,17 @@ def test_one_aggregate_collective_per_round_with_dp(toy_text):
     ds.close()
 
 
-class _Shared:
-    def __init__(self):
-        self.barrier = threading.Barrier(2, timeout=120)
-        self.bufs: list = [None, None]
-        self.obj = None
-
-
-class _ThreadComm:
-    """Rank ``rank`` of a world of two threads in this process: all_reduce_sum adds the two ranks' tensors."""
-
-    world_size = 2
-
-    def __init__(self, rank: int, shared: _Shared):
-        self.rank, self.shared, self.tags = rank, shared, []
-
-    def all_reduce_sum(self, t, *, tag="aggregate"):
-        self.tags.append(tag)
-        sh = self.shared
-        sh.bufs[self.rank] = t.clone()
-        sh.barrier.wait()
-        total = sh.bufs[0] + sh.bufs[1]
-        sh.barrier.wait()
-        t.copy_(total)
-        return t
-
-    def broadcast_object(self, obj, src=0):  # only while building, rank 0 first (no thread waits here)
-        if self.rank == src:
-            self.shared.obj = obj
-        return self.shared.obj
-
-    def barrier(self):
-        pass
-
-
 def test_same_global_model_on_1_and_2_ranks(toy_text):
     words = toy_text + DP + ["fl.dp.adaptive_clip=true", "fl.dp.clip_count_stddev=1.0", "fl.dp.clip_norm=0.05",
                              "fl.local.steps=2", "model.dropout=0"]
     one, ds1 = _loop(words)
-    shared = _Shared()
-    two = [_loop(words, _ThreadComm(r, shared)) for r in (0, 1)]
+    world = TwoThreadWorld()
+    two = [_loop(words, world.comm(r)) for r in (0, 1)]
     assert sorted(two[0][0].my_clients(1) + two[1][0].my_clients(1)) == one.my_clients(1)
     assert two[0][0].my_clients(1) and two[1][0].my_clients(1)
-    errors = []
-
-    def run(loop):
-        try:
-            for r in (1, 2):
-                loop.run_round(r)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-            shared.barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(loop,)) for loop, _ in two]
-    for th in threads:
-        th.start()
+    world.run([loop for loop, _ in two], (1, 2))
     for r in (1, 2):
         m = one.run_round(r)
-    for th in threads:
-        th.join()
-    assert not errors, errors
     assert m["dp_clipped_fraction"] > 0  # C ≈ 0.05 clips
     for loop, _ in two:
         assert loop.comm.tags == ["aggregate", "aggregate"]

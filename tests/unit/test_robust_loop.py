@@ -6,42 +6,23 @@ Byzantine clients' data, one-line config errors, and the config hash of runs wit
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
 
-from hpcfed.compose import build_loop, validate
+from hpcfed.compose import validate
 from hpcfed.config import ConfigError, load_config
 from hpcfed.dist import CountingComm, LocalComm
 from hpcfed.fl import robust
 from hpcfed.fl.attacks import byzantine_clients
-from hpcfed.fl.client import LocalResult
-from tests.conftest import disable_dropout
+from tests.conftest import TwoThreadWorld, build_cpu_loop, set_known_updates
 
 ALL = ["fl.cohort_size=6"]  # the toy job's 6 clients, all in every round: the 2 Byzantine ones always attack
 SIGN_FLIP = ["fl.attack.kind=sign_flip", "fl.attack.fraction=0.3"]  # round(0.3 · 6) = 2 Byzantine clients
 
 
-class _Rt:
-    device = torch.device("cpu")
-
-
-def _loop(words, comm=None):
-    cfg = load_config(list(words))
-    validate(cfg)
-    loop, ds = build_loop(cfg, _Rt(), comm or LocalComm())
-    disable_dropout(loop.model)
-    return loop, ds
-
-
-def _known_updates(loop, deltas: dict[int, torch.Tensor]) -> None:
-    """Client ``cid``'s local update is exactly ``deltas[cid]`` (no training)."""
-    def local_update(trainer, theta, data, seed, cid):
-        trainer.flat.data.copy_(theta + deltas[cid])
-        return LocalResult(loss_sum=1.0, samples_seen=1, steps=1, final_loss=1.0)
-
-    loop.algorithm.local_update = local_update
+_loop = build_cpu_loop
+_known_updates = set_known_updates
 
 
 def test_fedavg_keeps_one_collective_per_round_under_attack(toy_text):
@@ -86,73 +67,17 @@ def test_robust_round_equals_the_rule_on_the_attacked_deltas(toy_text, name, par
     ds.close()
 
 
-class _Shared:
-    def __init__(self):
-        self.barrier = threading.Barrier(2, timeout=120)
-        self.bufs: list = [None, None]
-        self.obj = None
-
-
-class _ThreadComm:
-    """Rank ``rank`` of a world of two threads: all_reduce_sum adds, all_gather stacks rank 0's rows then rank 1's."""
-
-    world_size = 2
-
-    def __init__(self, rank: int, shared: _Shared):
-        self.rank, self.shared, self.tags = rank, shared, []
-
-    def _exchange(self, t):
-        sh = self.shared
-        sh.bufs[self.rank] = t.clone()
-        sh.barrier.wait()
-        both = list(sh.bufs)
-        sh.barrier.wait()
-        return both
-
-    def all_reduce_sum(self, t, *, tag="aggregate"):
-        self.tags.append(tag)
-        a, b = self._exchange(t)
-        return t.copy_(a + b)
-
-    def all_gather(self, t, *, tag="gather", chunk_bytes=None):
-        self.tags.append(tag)
-        return torch.cat(self._exchange(t))
-
-    def broadcast_object(self, obj, src=0):  # only while building, rank 0 first (no thread waits here)
-        if self.rank == src:
-            self.shared.obj = obj
-        return self.shared.obj
-
-    def barrier(self):
-        pass
-
-
 @pytest.mark.parametrize("name", ["median", "krum"])
 def test_same_global_model_on_1_and_2_ranks(toy_text, name):
     words = toy_text + SIGN_FLIP + [f"fl.aggregator={name}", "fl.cohort_size=5", "fl.local.steps=2",
                                     "model.dropout=0"]
     one, ds1 = _loop(words)
-    shared = _Shared()
-    two = [_loop(words, _ThreadComm(r, shared)) for r in (0, 1)]
+    world = TwoThreadWorld()
+    two = [_loop(words, world.comm(r)) for r in (0, 1)]
     assert sorted(two[0][0].my_clients(1) + two[1][0].my_clients(1)) == one.my_clients(1)
     assert two[0][0].my_clients(1) and two[1][0].my_clients(1)
-    errors = []
-
-    def run(loop):
-        try:
-            for r in (1, 2):
-                loop.run_round(r)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-            shared.barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(loop,)) for loop, _ in two]
-    for th in threads:
-        th.start()
+    world.run([loop for loop, _ in two], (1, 2))
     ms = [one.run_round(r) for r in (1, 2)]
-    for th in threads:
-        th.join()
-    assert not errors, errors
     assert sum(m["byzantine_clients"] for m in ms) > 0
     for loop, _ in two:
         assert loop.comm.tags == ["aggregate", "robust_meta", "robust_updates"] * 2
