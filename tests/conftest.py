@@ -180,6 +180,14 @@ class TwoThreadWorld:
     def comm(self, rank: int) -> "TwoThreadComm":
         return TwoThreadComm(rank, self)
 
+    def build_ranks(self, build, words, one) -> list:
+        """[(loop, dataset)] of ranks 0 and 1 built by ``build(words, comm)``; checks that they split round 1's
+        cohort of the one-process loop ``one`` between them, each rank getting some."""
+        two = [build(words, self.comm(r)) for r in (0, 1)]
+        mine = [loop.my_clients(1) for loop, _ in two]
+        assert sorted(mine[0] + mine[1]) == one.my_clients(1) and mine[0] and mine[1]
+        return two
+
     def run(self, loops, rounds) -> None:
         """``loop.run_round(r)`` for r in ``rounds`` on both loops at once; re-raises a rank's error."""
         import threading

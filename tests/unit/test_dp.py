@@ -68,9 +68,7 @@ def test_same_global_model_on_1_and_2_ranks(toy_text):
                              "fl.local.steps=2", "model.dropout=0"]
     one, ds1 = _loop(words)
     world = TwoThreadWorld()
-    two = [_loop(words, world.comm(r)) for r in (0, 1)]
-    assert sorted(two[0][0].my_clients(1) + two[1][0].my_clients(1)) == one.my_clients(1)
-    assert two[0][0].my_clients(1) and two[1][0].my_clients(1)
+    two = world.build_ranks(_loop, words, one)
     world.run([loop for loop, _ in two], (1, 2))
     for r in (1, 2):
         m = one.run_round(r)
