@@ -61,6 +61,11 @@ class Aggregator:
         of ``mask``, which are exactly the ones the fused kernel folds into ``acc``)."""
         kernels.masked_accumulate(self.acc, self.cnt, theta_client, theta_global, float(weight), mask,
                                   backend=self.kernel_backend)
+        return self.count_up(mask)
+
+    def count_up(self, mask: Optional[torch.Tensor]) -> int:
+        """Count one surviving client and the elements it sends up (its mask, or all n) without folding its
+        update into ``acc`` (a robust rule aggregates the updates itself); returns that count."""
         elems = self.elements(mask)
         self._count("elems_up", elems)
         self._host_stats["clients_ok"] += 1
@@ -81,10 +86,11 @@ class Aggregator:
         for k, v in values.items():
             self._host_stats[k] += float(v)
 
-    def reduce(self, comm: Comm) -> dict[str, float]:
-        """Sum the buffer over ranks (ONE collective) and return the reduced statistics."""
+    def reduce(self, comm: Comm, *, stats_only: bool = False) -> dict[str, float]:
+        """Sum the buffer over ranks (ONE collective) and return the reduced statistics; ``stats_only`` sums just
+        the statistics (a robust rule, whose clients were only counted, never folded into ``acc``/``cnt``)."""
         self._stats.copy_(torch.tensor([self._host_stats[k] for k in STATS], dtype=torch.float32))
-        comm.all_reduce_sum(self.buffer, tag="aggregate")
+        comm.all_reduce_sum(self._stats if stats_only else self.buffer, tag="aggregate")
         vals = dict(zip(STATS, self._stats.tolist()))
         for key in ("elems_up", "elems_down"):
             vals[key] = int(round(vals.pop(f"{key}_hi"))) * _SPLIT + int(round(vals.pop(f"{key}_lo")))

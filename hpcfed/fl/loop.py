@@ -29,10 +29,10 @@ from hpcfed.fl.aggregate import Aggregator
 from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.attacks import apply_model_attack, byzantine_clients, poison_client_data
 from hpcfed.fl.client import LocalTrainer, confusion_metrics, evaluate
+from hpcfed.fl.robust import RobustAggregator, TooFewUpdates
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
 from hpcfed.fl.state_store import ClientStateStore
-from hpcfed.fl.robust import TooFewUpdates
 from hpcfed.peft import FlatParams
 from hpcfed.rng import TrainStream, generator
 
@@ -126,8 +126,6 @@ class FederatedLoop:
         """The robust rule's aggregator (:class:`~hpcfed.fl.robust.RobustAggregator`) with ``fl.aggregator`` ≠
         'fedavg', else None."""
         if cfg.fl.aggregator != "fedavg":
-            from hpcfed.fl.robust import RobustAggregator  # noqa: PLC0415 (only with a robust rule)
-
             self.robust = RobustAggregator(cfg.fl.aggregator, cfg.fl.aggregator_params, flat.numel, device)
         if self.byzantine and comm.rank == 0:
             log.info("fl.attack: %d of %d clients are Byzantine (kind=%s, fraction=%g); aggregator %s",
@@ -224,7 +222,8 @@ class FederatedLoop:
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
         if self.stop_flag is not None and self.stop_flag.requested:
             agg.add_stats(stop_requested=1)
-        stats = agg.reduce(self.comm)  # the round's ONE collective (FedAvg); a robust rule adds its gathers
+        # the round's ONE collective (FedAvg); a robust rule reduces only the statistics and adds its gathers
+        stats = agg.reduce(self.comm, stats_only=self.robust is not None)
         dp_metrics = {}
         if self.dp is not None:  # noise once, on the reduced sum (same on every rank); fixed denominator
             dp_metrics = self.dp.privatize(agg.acc, agg.cnt, round_idx, stats["clients_ok"], stats["dp_unclipped"])
@@ -258,13 +257,13 @@ class FederatedLoop:
         self.failures.append((round_idx, cid, reason))
         self.aggregator.add_stats(clients_failed=1)
 
-    def _train_groups(self, round_idx: int, groups: Optional[list[list[int]]] = None) -> None:
-        """The client-parallel path: each of this rank's groups (default :meth:`my_groups`) trained at once, then
+    def _train_groups(self, round_idx: int, groups: list[list[int]]) -> None:
+        """The client-parallel path: each of this rank's groups (:meth:`my_groups`) trained at once, then
         checked and accumulated client by client (a failing client is dropped alone; a failing group drops its
         clients)."""
         gt, agg = self.group_trainer, self.aggregator
         gt.set_lr(self.trainer.lr)
-        for group in (groups if groups is not None else self.my_groups(round_idx)):
+        for group in groups:
             masks = [self.algorithm.client_mask(c) for c in group]
             for m in masks:
                 agg.count_down(m)
@@ -289,16 +288,18 @@ class FederatedLoop:
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
 
     def _accumulate(self, cid: int, theta: torch.Tensor, weight: float, mask: Optional[torch.Tensor]) -> None:
-        """Fold a surviving client's update into the round: the FedAvg accumulator (always: it counts the
-        round's elements and clients) and, with a robust rule, the robust aggregator's rows."""
-        self.aggregator.add(theta, self.theta_global, weight, mask)
-        if self.robust is not None:
+        """Fold a surviving client's update into the round: the FedAvg accumulator, or with a robust rule the
+        robust aggregator's rows (the FedAvg accumulator then only counts the client and its elements)."""
+        if self.robust is None:
+            self.aggregator.add(theta, self.theta_global, weight, mask)
+        else:
             self.robust.add(cid, theta, self.theta_global, weight)
+            self.aggregator.count_up(mask)
 
     def _robust_reduce(self, round_idx: int) -> dict:
         """With a robust rule: gather the cohort's updates, apply the rule (identical on every rank) and put its
-        Δ where the server step reads the mean (acc = Δ, cnt = 1; untouched when no client succeeded, so the
-        server step sees the same empty round as FedAvg's). Returns the round's attack / selection metrics."""
+        Δ where the server step reads the mean (acc = Δ, cnt = 1; left at 0 when no client succeeded or the rule
+        had too few updates, so the server step sees the same empty round as FedAvg's). Returns the round's attack / selection metrics."""
         out = {}
         if self.byzantine:
             out["byzantine_clients"] = sum(c in self.byzantine for c in self.cohort(round_idx))
@@ -306,10 +307,8 @@ class FederatedLoop:
             return out
         try:
             delta = self.robust.reduce(self.comm)  # (n,) fp32
-        except TooFewUpdates as e:  # every rank alike: the round keeps its stats, the model stays put
+        except TooFewUpdates as e:  # every rank alike: acc/cnt stay 0 (never accumulated), the model stays put
             log.warning("round %d: %s; no server step this round", round_idx, e)
-            self.aggregator.acc.zero_()
-            self.aggregator.cnt.zero_()
             out["robust_skipped"] = True
             return out
         if self.robust.last_clients:
