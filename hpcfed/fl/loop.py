@@ -314,6 +314,9 @@ class FederatedLoop:
         if self.robust.last_clients:
             self.aggregator.acc.copy_(delta)
             self.aggregator.cnt.fill_(1.0)
+        # the (m, n) fp32 matrix of the cohort's updates that every rank assembled (the gather's memory cost; it
+        # received the rows other ranks trained); bytes_up / bytes_down stay the clients' own traffic
+        out["robust_updates_bytes"] = len(self.robust.last_clients) * self.robust.numel * 4
         if self.byzantine and self.robust.last_selected is not None:
             out["krum_selected_byzantine"] = sum(c in self.byzantine for c in self.robust.last_selected)
         return out

@@ -62,6 +62,7 @@ def test_robust_round_equals_the_rule_on_the_attacked_deltas(toy_text, name, par
     want = robust.robust_aggregate(name, sent, w, reference=torch.zeros(n), **p)
     torch.testing.assert_close(loop.theta_global - theta0, want, rtol=0, atol=2e-6)
     assert m["byzantine_clients"] == 2 and m["clients"] == 6
+    assert m["robust_updates_bytes"] == len(cohort) * n * 4
     if name in ("krum", "multi_krum"):
         assert m["krum_selected_byzantine"] == 0  # the flipped, tripled updates are the outliers
     ds.close()
