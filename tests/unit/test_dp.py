@@ -4,6 +4,7 @@ target_epsilon calibration, adaptive clipping, checkpoint state, one-line config
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -146,6 +147,21 @@ def test_target_epsilon_solves_the_noise_multiplier(caplog):
     assert 3.0 - 0.01 < eps <= 3.0
     assert d.epsilon(20) == pytest.approx(eps) and d.epsilon(5) < eps  # the running accountant, also backwards
     assert sum("solved for fl.dp.target_epsilon=3.0" in r.message for r in caplog.records) == 1
+
+
+def test_low_renyi_order_warnings_of_dp_accounting_are_not_logged(caplog):
+    # q = 0.1, z < 1.4: dp-accounting's RDP warns for each low order it drops (α 1.1-1.6), in calibration and
+    # in every round's ε; hpcfed keeps its own log lines only
+    with caplog.at_level("WARNING"):
+        z = dp.calibrate_noise_multiplier(3.0, accountant="rdp", sampling="poisson", num_clients=500,
+                                          cohort_size=50, rounds=12, delta=1 / 500)
+        d = dp.ClientDP(DPConfig(enabled=True, noise_multiplier=0.5), seed=0, num_clients=500, cohort_size=50,
+                        rounds=12, sampling="poisson")
+        eps = d.epsilon(12)
+    assert 0.5 < z < 1.2 and eps > 3.0  # z = 0.5 is below the z that gives 3
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []
+    logging.getLogger("absl").warning("another dp-accounting warning")  # only the dropped-order ones are filtered
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["another dp-accounting warning"]
 
 
 # -- adaptive clipping ------------------------------------------------------------------------------------
