@@ -88,9 +88,39 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+SUPERSEDED_DIR = ".superseded"
+"""Under the study's out_dir: earlier outputs of cells whose config has since changed (``<cell>-<old hash>/``)."""
+
+
+def set_aside_superseded(study: Study, cell: Cell) -> Optional[Path]:
+    """Move the cell's folder to ``<out_dir>/.superseded/<cell>-<old hash>/`` when a run of an earlier config of
+    this cell is in it (``run_info.json`` with another config hash: its checkpoints would refuse to resume, and
+    its metrics would mix with the new run's). One log line; returns the new place, or None when nothing moved.
+    Only the study's own cell folders are moved, never deleted."""
+    d = run_dir(study, cell)
+    try:
+        old = json.loads((d / "run_info.json").read_text()).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not old or old == cell.config_hash():
+        return None
+    dest = Path(study.out_dir) / SUPERSEDED_DIR / f"{d.name}-{old}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = Path(study.out_dir) / SUPERSEDED_DIR / f"{d.name}-{old}.{n}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    d.rename(dest)
+    log.info("%s: its config changed (hash %s -> %s): the earlier run moved to %s", cell.id, old,
+             cell.config_hash(), dest)
+    return dest
+
+
 def run_cell(study: Study, cell: Cell) -> dict:
     """Run one cell in a subprocess (``timeout_s`` wall-clock seconds at most); returns (and writes to
-    ``study_cell.json``) its record: status (``done`` / ``failed``), returncode, wall_s (seconds), error."""
+    ``study_cell.json``) its record: status (``done`` / ``failed``), returncode, wall_s (seconds), error.
+    Outputs of an earlier config of the cell are set aside first (:func:`set_aside_superseded`)."""
+    set_aside_superseded(study, cell)
     d = run_dir(study, cell)
     d.mkdir(parents=True, exist_ok=True)
     cmd = effective_cell_command(study, cell)

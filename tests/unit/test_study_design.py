@@ -239,6 +239,29 @@ def test_fake_study_sweep_arms_claims_and_verdicts(tmp_path, fake_cells, caplog)
     assert {r["verdict"] for r in read_csv(out / "claims.csv")} == {"anecdote (n<3)"}
 
 
+def test_a_cell_whose_config_changed_reruns_with_the_earlier_run_set_aside(tmp_path, fake_cells, caplog):
+    out = tmp_path / "o"
+    spec = dict(name="fake", out_dir=str(out), base={"fl.rounds": 2}, grid={"method": {"lora": {"peft.method": "lora"}}},
+                seeds=[0])
+    path = write_study(tmp_path / "s.yaml", **spec)
+    assert st.cli(["run", str(path)]) == 0
+    cell_dir = out / "method-lora_seed-0"
+    old_hash = json.loads((cell_dir / "run_info.json").read_text())["config_hash"]
+    (cell_dir / "checkpoints").mkdir()  # what would refuse to resume under the new config
+    (cell_dir / "checkpoints" / "round-000002.safetensors").write_bytes(b"old")
+    caplog.set_level(logging.INFO, logger="hpcfed.study")
+    write_study(path, **{**spec, "base": {"fl.rounds": 2, "fl.local.lr": 0.05}})  # same cell id, new config
+    assert st.cli(["run", str(path)]) == 0
+    new_hash = json.loads((cell_dir / "run_info.json").read_text())["config_hash"]
+    aside = out / st.SUPERSEDED_DIR / f"method-lora_seed-0-{old_hash}"
+    assert new_hash != old_hash and (aside / "checkpoints" / "round-000002.safetensors").read_bytes() == b"old"
+    assert json.loads((aside / "run_info.json").read_text())["config_hash"] == old_hash
+    assert not (cell_dir / "checkpoints").exists() and attempts(out) == {"method-lora_seed-0": 1}
+    assert sum("its config changed" in r.getMessage() for r in caplog.records) == 1
+    assert st.cli(["run", str(path)]) == 0  # unchanged now: skipped, nothing more set aside
+    assert len(list((out / st.SUPERSEDED_DIR).iterdir())) == 1 and attempts(out) == {"method-lora_seed-0": 1}
+
+
 def test_list_prints_indices_for_slurm_arrays(tmp_path, capsys):
     path = write_study(tmp_path / "s.yaml", out_dir=str(tmp_path / "o"), grid=GRID, seeds=2,
                        lr_sweep={"values": [0.1, 0.2], "arms": ["method-bias"]})
