@@ -179,6 +179,10 @@ def calibrate_noise_multiplier(target_epsilon: float, *, accountant: str, sampli
         return float(dp_accounting.calibrate_dp_mechanism(
             lambda: make_accountant(accountant, sampling), event, target_epsilon, delta,
             bracket_interval=bracket, tol=tol))
+    except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError:
+        raise ConfigError(f"fl.dp.target_epsilon={target_epsilon}: no noise multiplier found (ε after {rounds} "
+                          f"rounds at δ={delta:g} is below the target already at the smallest z tried, 0.01); set "
+                          "fl.dp.noise_multiplier directly") from None
     except (ValueError, ArithmeticError) as e:
         raise ConfigError(f"fl.dp.target_epsilon={target_epsilon}: no noise multiplier found "
                           f"({str(e).splitlines()[0]})") from None
@@ -313,11 +317,27 @@ class ClientDP:
 
     # checkpoints
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The clip norm (server state under adaptive clipping), float64."""
-        return {"clip_norm": torch.tensor(self.clip_norm, dtype=torch.float64)}
+        """The clip norm (server state under adaptive clipping) and the noise multiplier z the rounds so far
+        were noised with, float64."""
+        return {"clip_norm": torch.tensor(self.clip_norm, dtype=torch.float64),
+                "noise_multiplier": torch.tensor(self.noise_multiplier, dtype=torch.float64)}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore what :meth:`state_tensors` saved (absent: keep the configured C)."""
+        """Restore what :meth:`state_tensors` saved (absent: keep the configured C).
+
+        Raises:
+            ValueError: the checkpoint's rounds were noised with another z than this run uses (a run resumed
+                with a new ``fl.rounds`` under ``fl.dp.target_epsilon``, which solves z for the round count):
+                the accountant, which composes one z, would misreport ε.
+        """
+        if "noise_multiplier" in tensors:
+            z = float(tensors["noise_multiplier"])
+            if abs(z - self.noise_multiplier) > 1e-9 * max(1.0, abs(z)):
+                raise ValueError(
+                    f"fl.dp: the checkpoint's rounds were noised with z={z:.6g} but this run uses "
+                    f"z={self.noise_multiplier:.6g} (fl.dp.target_epsilon solves z for fl.rounds, so a new "
+                    "fl.rounds changes it and ε would be misreported); resume with the fl.rounds of the "
+                    "checkpointed run, or use a fixed fl.dp.noise_multiplier, whose ε simply grows with the rounds")
         if "clip_norm" in tensors:
             self.clip_norm = float(tensors["clip_norm"])
 

@@ -497,7 +497,8 @@ def validate_params(name: str, params: Optional[Mapping[str, Any]] = None, *,
 
 
 class TooFewUpdates(ValueError):
-    """A round has too few client updates for the rule (Krum / multi-Krum: m ≤ 2f + 2). The round loop skips
+    """A round has too few client updates for the rule (Krum / multi-Krum: m ≤ 2f + 2; multi-Krum: m <
+    num_selected). The round loop skips
     that round's server step (same on every rank, since every rank sees the same m) instead of stopping."""
 
 
@@ -509,8 +510,8 @@ def _check_cohort(name: str, params: Mapping[str, Any], m: int) -> None:
         raise TooFewUpdates(f"{name} needs more than 2f+2 = {2 * max(f, 0) + 2} client updates "
                          f"(f = num_byzantine = {max(f, 0)}), got a cohort of {m}")
     k = params.get("num_selected")
-    if k is not None and k > m:
-        raise ValueError(f"fl.aggregator_params.num_selected={k} exceeds the cohort of {m}")
+    if k is not None and k > m:  # a small Poisson cohort or dropped clients: skip the round, as for m ≤ 2f + 2
+        raise TooFewUpdates(f"{name} selects num_selected = {k} updates, got a cohort of {m}")
 
 
 def robust_aggregate(name: str, updates: torch.Tensor, weights: Optional[torch.Tensor] = None, *,

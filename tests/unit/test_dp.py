@@ -115,6 +115,31 @@ def test_checkpoint_keeps_the_clip_norm_and_resume_is_exact(toy_text):
     ds1.close(), ds2.close()
 
 
+def test_resume_with_a_new_round_count_under_target_epsilon_is_refused(toy_text):
+    # target_epsilon solves z for fl.rounds: resuming with more rounds would noise the rest with another z
+    words = toy_text + ["fl.dp.enabled=true", "fl.dp.target_epsilon=5", "fl.local.steps=1", "fl.rounds=3"]
+    a, ds1 = _loop(words)
+    a.run_round(1)
+    saved = {k: v.clone() for k, v in a.state_tensors().items()}
+    assert float(saved["dp.noise_multiplier"]) == a.dp.noise_multiplier > 0
+    b, ds2 = _loop(words[:-1] + ["fl.rounds=6"])
+    assert b.dp.noise_multiplier > a.dp.noise_multiplier
+    with pytest.raises(ValueError, match=r"noised with z=.* but this run uses z=") as e:
+        b.load_state(saved, 1, [])
+    assert "\n" not in str(e.value)
+    c, ds3 = _loop(words)  # the same round count resumes
+    c.load_state(saved, 1, [])
+    assert c.dp.noise_multiplier == a.dp.noise_multiplier
+    ds1.close(), ds2.close(), ds3.close()
+
+
+def test_target_epsilon_too_large_to_need_noise_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="set fl.dp.noise_multiplier directly") as e:
+        dp.calibrate_noise_multiplier(1e6, accountant="rdp", sampling="poisson", num_clients=100, cohort_size=10,
+                                      rounds=5, delta=1e-3)
+    assert "\n" not in str(e.value)
+
+
 # -- accounting -------------------------------------------------------------------------------------------
 def test_accountant_matches_dp_accounting_reference_numbers():
     # pld_privacy_accountant_test.test_self_composed_subsampled_gaussian: Poisson q = 0.2, z = 0.5, 3 rounds:

@@ -244,6 +244,14 @@ def test_robust_aggregator_rounds_and_state():
     empty = robust.RobustAggregator("median", None, 11, torch.device("cpu"))
     empty.reset(0)
     assert torch.equal(empty.reduce(LocalComm()), torch.zeros(11))
+    # multi-Krum with fewer updates this round than it selects (a small Poisson cohort, dropped clients): the
+    # loop's TooFewUpdates (skip the round), not an error that ends the run
+    mk = robust.RobustAggregator("multi_krum", {"num_byzantine": 0, "num_selected": 5}, 11, torch.device("cpu"))
+    mk.reset(4)
+    for i in range(4):
+        mk.add(ids[i], theta_g + U[i], theta_g, 1.0)
+    with pytest.raises(robust.TooFewUpdates, match="selects num_selected = 5 updates, got a cohort of 4"):
+        mk.reduce(LocalComm())
 
 
 def _two_rank_worker(rank: int, store: str, out: str) -> None:
