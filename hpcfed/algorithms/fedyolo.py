@@ -258,7 +258,10 @@ class FedYolo(Algorithm):
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self, loop: "FederatedLoop") -> dict:
         """Per-task test loss/accuracy of the global model (each task's test split, split over processes, ONE
-        all-reduce); ``test_acc`` / ``test_loss`` are their means over tasks."""
+        all-reduce); ``test_acc`` / ``test_loss`` are their means over tasks. With ``schedule=sequential``, also
+        ``forgetting_task<t>`` = task t's accuracy at the end of its own phase (``phase<t+1>_test_acc_task<t>``,
+        from the run's history) minus its accuracy now, for each task whose phase has ended: positive = forgotten
+        (so a study can compare ``final_forgetting_task0`` across arms)."""
         loop.flat.data.copy_(loop.theta_global)
         sums = []
         for t, test in enumerate(self.tests):
@@ -273,4 +276,9 @@ class FedYolo(Algorithm):
             out[f"test_acc_task{t}"] = correct / max(count, 1.0)
         out["test_loss"] = float(np.mean([out[f"test_loss_task{t}"] for t in range(self.num_tasks)]))
         out["test_acc"] = float(np.mean([out[f"test_acc_task{t}"] for t in range(self.num_tasks)]))
+        if self.params.schedule == "sequential":  # forgetting of each task whose phase has ended (in history)
+            for h in loop.state.history:
+                for t in range(self.num_tasks):
+                    if f"phase{t + 1}_test_acc_task{t}" in h:
+                        out[f"forgetting_task{t}"] = h[f"phase{t + 1}_test_acc_task{t}"] - out[f"test_acc_task{t}"]
         return out

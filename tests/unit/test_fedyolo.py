@@ -194,9 +194,13 @@ def test_sequential_schedule_module_untouched_vs_full_forgets(toy_text):
         assert alg.active == {1}
         own0 = m0 & ~m1
         assert torch.equal(loop.theta_global[own0], after1[own0])  # task 0's own segments never change
+        assert "forgetting_task0" not in alg.evaluate(loop)  # phase 1's metrics are not in the history yet
+        loop.state.history += [r1, r2]  # what FederatedLoop.run records
         final = alg.evaluate(loop)
+        assert final["forgetting_task0"] == r1["phase1_test_acc_task0"] - final["test_acc_task0"]
+        assert "forgetting_task1" not in final  # the last phase has no later phase to forget in
         if method == "lora":
-            assert final["test_acc_task0"] == r1["phase1_test_acc_task0"]
+            assert final["test_acc_task0"] == r1["phase1_test_acc_task0"] and final["forgetting_task0"] == 0.0
             assert final["test_loss_task0"] == r1["phase1_test_loss_task0"]
         else:
             assert final["test_loss_task0"] != r1["phase1_test_loss_task0"]
