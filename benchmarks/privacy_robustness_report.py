@@ -7,9 +7,10 @@ cell's ``results.csv`` row and its ``metrics.jsonl``) and writes, under ``--out`
   Student-t CI over the seeds), the ε the accountant reports after the last round (at the run's δ), the noise
   multiplier z and the clip norm C at the last round, and the share of clipped updates;
 - ``privacy.png``: final test accuracy against ε (log axis, ε = ∞ drawn at the right), one line per method;
-- ``byzantine.csv`` / ``byzantine.md``: final test accuracy per attack × Byzantine fraction (rows) and
-  aggregator (columns), mean ± CI;
-- ``byzantine.png``: the same as grouped bars, one panel per fraction.
+- ``byzantine.csv`` / ``byzantine.md``: final test accuracy per PEFT method × attack × Byzantine fraction
+  (rows) and aggregator (columns), mean ± CI, from one or more byzantine study folders
+  (``configs/study/byzantine.yaml``, ``configs/study/byzantine_lora.yaml``);
+- ``byzantine.png``: the same as grouped bars, one panel per method and fraction.
 
 Statistics use :func:`hpcfed.study.stats.mean_ci` (the study runner's own). The verdicts on the declared claims
 are the studies' ``claims.csv`` (``python -m hpcfed.study report FILE``); this script only lays the numbers out.
@@ -17,7 +18,7 @@ are the studies' ``claims.csv`` (``python -m hpcfed.study report FILE``); this s
 Usage::
 
     python -m benchmarks.privacy_robustness_report --privacy runs/study/privacy_eps \
-        --byzantine runs/study/byzantine --out docs/results/privacy_robustness
+        --byzantine runs/study/byzantine runs/study/byzantine_lora --out docs/results/privacy_robustness
 
 Raises ``SystemExit`` with one line when a study folder or its ``results.csv`` is missing.
 """
@@ -35,7 +36,7 @@ from hpcfed.study.stats import mean_ci
 
 EPS_ORDER = ("1", "3", "8", "inf")
 AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip")
+ATTACKS = ("none", "sign_flip", "sign_flip4", "scale", "gaussian", "label_flip")
 
 
 def _rows(study_dir: Path) -> list[dict]:
@@ -65,6 +66,13 @@ def _eps_at(cell_dir: Path, z: float, delta: float) -> float:
     c = OmegaConf.load(cell_dir / "config.yaml")
     return round(epsilon(c.fl.dp.accountant, c.fl.sampling, int(c.data.num_clients), int(c.fl.cohort_size), float(z),
                          int(c.fl.rounds), delta), 3)
+
+
+def _num_clients(cell_dir: Path) -> int | None:
+    from omegaconf import OmegaConf
+
+    path = cell_dir / "config.yaml"
+    return int(OmegaConf.load(path).data.num_clients) if path.is_file() else None
 
 
 def _fmt(est, digits: int = 3) -> str:
@@ -101,7 +109,7 @@ def privacy(study_dir: Path, out: Path) -> list[dict]:
                 "epsilon_at_delta_1e-5": _eps_at(study_dir / cells[0]["cell"], cells[0]["z"], 1e-5),
                 "clip_norm_last": round(sum(c["clip"] for c in cells) / len(cells), 4),
                 "clipped_fraction_last": round(sum(c["clipped"] for c in cells) / len(cells), 3),
-                "_est": acc})
+                "num_clients": _num_clients(study_dir / cells[0]["cell"]), "_est": acc})
     cols = [k for k in table[0] if not k.startswith("_")] if table else []
     with open(out / "privacy.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -137,69 +145,100 @@ def _plot_privacy(table: list[dict], path: Path) -> None:
     ax.set_xticklabels(["1", "3", "8", "∞"])
     ax.set_xlabel("client-level ε (RDP, δ = 1/N)")
     ax.set_ylabel("final test accuracy (SST-2 dev)")
-    ax.set_title("DP-FedAvg, MiniLM-L6, 500 clients, 3 seeds (95 % CI)", fontsize=9)
+    clients = sorted({t["num_clients"] for t in table if t["num_clients"]})
+    seeds = max((t["n"] for t in table), default=0)
+    ax.set_title(f"DP-FedAvg, {'/'.join(map(str, clients)) or '?'} clients, {seeds} seeds (95 % CI)", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def byzantine(study_dir: Path, out: Path) -> list[dict]:
-    """Write byzantine.{csv,md,png}; return the table rows."""
-    groups: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
-    for r in _rows(study_dir):
-        attack = r.get("attack") or "none"
-        frac = r.get("fl.attack.fraction") or "0"
-        groups[(attack, f"{float(frac):g}", r["aggregator"])].append((int(r["seed"]), float(r["final_test_acc"])))
+def _method(study_dir: Path, cell: str) -> str:
+    """The cell's ``peft.method`` (from its resolved config.yaml), or ``?`` when the file is missing."""
+    from omegaconf import OmegaConf
+
+    path = study_dir / cell / "config.yaml"
+    return str(OmegaConf.load(path).peft.method) if path.is_file() else "?"
+
+
+def _attack_order(attack: str) -> int:
+    return ATTACKS.index(attack) if attack in ATTACKS else len(ATTACKS)
+
+
+def byzantine(study_dirs: list[Path] | Path, out: Path) -> list[dict]:
+    """Write byzantine.{csv,md,png} from one or more byzantine study folders; return the table rows.
+
+    Rows are grouped by PEFT method (each cell's ``peft.method``), attack, Byzantine fraction and aggregator.
+    Clean cells (no ``attack`` axis) are the attack ``none`` at fraction 0.
+    """
+    if isinstance(study_dirs, Path):
+        study_dirs = [study_dirs]
+    groups: dict[tuple[str, str, str, str], list[tuple[int, float]]] = defaultdict(list)
+    for study_dir in study_dirs:
+        for r in _rows(study_dir):
+            attack = r.get("attack") or "none"
+            frac = r.get("fl.attack.fraction") or "0"
+            groups[(_method(study_dir, r["cell"]), attack, f"{float(frac):g}", r["aggregator"])].append(
+                (int(r["seed"]), float(r["final_test_acc"])))
     table = []
-    for attack in ATTACKS:
-        for frac in sorted({k[1] for k in groups if k[0] == attack}, reverse=True):
-            for agg in AGGREGATORS:
-                cells = sorted(groups.get((attack, frac, agg), []))
-                if cells:
-                    est = mean_ci([a for _, a in cells])
-                    table.append({"attack": attack, "fraction": frac, "aggregator": agg, "n": est.n,
-                                  "seeds": " ".join(str(s) for s, _ in cells), "acc_mean": round(est.mean, 4),
-                                  "acc_ci_half": None if est.half_width is None else round(est.half_width, 4),
-                                  "_est": est})
+    for method in sorted({k[0] for k in groups}):
+        for attack in sorted({k[1] for k in groups if k[0] == method}, key=_attack_order):
+            for frac in sorted({k[2] for k in groups if k[:2] == (method, attack)}, reverse=True):
+                for agg in AGGREGATORS:
+                    cells = sorted(groups.get((method, attack, frac, agg), []))
+                    if cells:
+                        est = mean_ci([a for _, a in cells])
+                        table.append({"method": method, "attack": attack, "fraction": frac, "aggregator": agg,
+                                      "n": est.n, "seeds": " ".join(str(s) for s, _ in cells),
+                                      "acc_mean": round(est.mean, 4),
+                                      "acc_ci_half": None if est.half_width is None else round(est.half_width, 4),
+                                      "_est": est})
     cols = [k for k in table[0] if not k.startswith("_")] if table else []
     with open(out / "byzantine.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(table)
-    by = {(t["attack"], t["fraction"], t["aggregator"]): t for t in table}
-    lines = ["| attack | Byzantine share | " + " | ".join(AGGREGATORS) + " |", "|---|---|" + "---|" * len(AGGREGATORS)]
-    for attack, frac in dict.fromkeys((t["attack"], t["fraction"]) for t in table):
+    by = {(t["method"], t["attack"], t["fraction"], t["aggregator"]): t for t in table}
+    lines = ["| method | attack | Byzantine share | " + " | ".join(AGGREGATORS) + " |",
+             "|---|---|---|" + "---|" * len(AGGREGATORS)]
+    for key in dict.fromkeys((t["method"], t["attack"], t["fraction"]) for t in table):
+        method, attack, frac = key
         share = "0 %" if attack == "none" else f"{float(frac) * 100:g} %"
-        cells = [_fmt(by[(attack, frac, a)]["_est"]) if (attack, frac, a) in by else "—" for a in AGGREGATORS]
-        lines.append(f"| {attack} | {share} | " + " | ".join(cells) + " |")
+        cells = [_fmt(by[(*key, a)]["_est"]) if (*key, a) in by else "—" for a in AGGREGATORS]
+        lines.append(f"| {method} | {attack} | {share} | " + " | ".join(cells) + " |")
     (out / "byzantine.md").write_text("\n".join(lines) + "\n")
     _plot_byzantine(table, out / "byzantine.png")
     return table
 
 
 def _plot_byzantine(table: list[dict], path: Path) -> None:
+    """Grouped bars, one panel per (PEFT method, Byzantine fraction); the clean cells lead every panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fracs = sorted({t["fraction"] for t in table if t["attack"] != "none"}, reverse=True) or ["0"]
-    fig, axes = plt.subplots(1, len(fracs), figsize=(5.2 * len(fracs), 3.6), squeeze=False, sharey=True)
-    clean = {t["aggregator"]: t for t in table if t["attack"] == "none"}
-    for ax, frac in zip(axes[0], fracs):
-        groups = ["none"] + [a for a in ATTACKS[1:] if any(t["attack"] == a and t["fraction"] == frac for t in table)]
+    panels = sorted({(t["method"], t["fraction"]) for t in table if t["attack"] != "none"},
+                    key=lambda p: (p[0], -float(p[1])))
+    panels = panels or sorted({(t["method"], t["fraction"]) for t in table})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, (method, frac) in zip(axes[0], panels):
+        rows = [t for t in table if t["method"] == method]
+        clean = {t["aggregator"]: t for t in rows if t["attack"] == "none"}
+        groups = ["none"] + sorted({t["attack"] for t in rows if t["attack"] != "none" and t["fraction"] == frac},
+                                   key=_attack_order)
         width = 0.8 / len(AGGREGATORS)
         for j, agg in enumerate(AGGREGATORS):
             ys, err = [], []
             for g in groups:
                 t = clean.get(agg) if g == "none" else next(
-                    (t for t in table if t["attack"] == g and t["fraction"] == frac and t["aggregator"] == agg), None)
+                    (t for t in rows if t["attack"] == g and t["fraction"] == frac and t["aggregator"] == agg), None)
                 ys.append(t["acc_mean"] if t else math.nan)
                 err.append((t["acc_ci_half"] or 0.0) if t else 0.0)
             ax.bar([i + (j - 1.5) * width for i in range(len(groups))], ys, width, yerr=err, capsize=2, label=agg)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(["no attack"] + groups[1:], fontsize=8)
-        ax.axhline(0.5092, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{float(frac) * 100:g} % Byzantine clients", fontsize=9)
+        ax.axhline(0.5092, color="grey", lw=0.8, ls="--")  # majority class of SST-2 dev (444 / 872)
+        ax.set_title(f"{method}: {float(frac) * 100:g} % Byzantine clients", fontsize=9)
         ax.set_ylim(0.3, 0.9)
     axes[0][0].set_ylabel("final test accuracy (SST-2 dev)")
     axes[0][-1].legend(fontsize=7)
@@ -211,7 +250,8 @@ def _plot_byzantine(table: list[dict], path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--privacy", type=Path, default=None, help="privacy_eps study folder")
-    ap.add_argument("--byzantine", type=Path, default=None, help="byzantine study folder")
+    ap.add_argument("--byzantine", type=Path, nargs="+", default=None,
+                    help="byzantine study folder(s), e.g. the BitFit and the LoRA study")
     ap.add_argument("--out", type=Path, default=Path("docs/results/privacy_robustness"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +260,8 @@ def main(argv=None) -> int:
             print("privacy", t["method"], t["epsilon_target"], t["acc_mean"], t["acc_ci_half"], t["epsilon_reported"])
     if args.byzantine:
         for t in byzantine(args.byzantine, args.out):
-            print("byzantine", t["attack"], t["fraction"], t["aggregator"], t["acc_mean"], t["acc_ci_half"])
+            print("byzantine", t["method"], t["attack"], t["fraction"], t["aggregator"], t["acc_mean"],
+                  t["acc_ci_half"])
     return 0
 
 
