@@ -424,7 +424,9 @@ class FedDAT(Algorithm):
         ck = self._checkpoint
         if self.keeps_state and ck.every_rounds > 0:
             keep_from = round_idx - ck.every_rounds * (ck.keep_last + 1)
-            loop.comm.main_only(lambda: self.store.prune(keep_from))  # others never read what it deletes
+            # Others never read what it deletes; after its first full scan the store lists only the clients of
+            # the rounds since the last prune (the cohort is the only writer: :meth:`local_train`).
+            loop.comm.main_only(lambda: self.store.prune(keep_from, written=loop.cohort))
         return {}
 
     # -- evaluation ------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def plot_label_distribution(path: Path, hists: np.ndarray, class_names: Sequence
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     ax = fig.add_subplot()
     x = np.arange(k)
-    if k * c > MAX_BARS:  # one rectangle per client and class would take minutes: a heat map of the shares
+    if k * c > MAX_BARS:  # bars narrower than a pixel say nothing: a heat map of the shares
         share = hists / np.maximum(hists.sum(axis=1, keepdims=True), 1)
         im = ax.imshow(share.T, aspect="auto", interpolation="nearest", origin="lower", cmap="viridis")
         fig.colorbar(im, ax=ax, label="share of the client's examples")
@@ -70,11 +70,26 @@ def plot_label_distribution(path: Path, hists: np.ndarray, class_names: Sequence
         fig.savefig(path, dpi=100)
         return path
     cmap = matplotlib.colormaps["tab20" if c <= 20 else "viridis"]
+    # One PolyCollection of k rectangles per class, not ax.bar's one Rectangle artist per (client, class): the
+    # same bars (width 0.85, stacked), but O(classes) artists, so 5,000 clients plot in well under a second
+    # instead of ~20 s (issue #16, scale in clients).
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Patch
+
+    left, right = x - 0.425, x + 0.425  # (k,)
     bottom = np.zeros(k)
+    handles = []
     for j in range(c):
         colour = cmap(j % 20) if c <= 20 else cmap(j / max(c - 1, 1))
-        ax.bar(x, hists[:, j], bottom=bottom, width=0.85, color=colour, label=str(class_names[j]))
-        bottom += hists[:, j]
+        top = bottom + hists[:, j]
+        verts = np.stack([np.stack([left, bottom], 1), np.stack([left, top], 1), np.stack([right, top], 1),
+                          np.stack([right, bottom], 1)], 1)  # (k, 4, 2) rectangle corners
+        ax.add_collection(PolyCollection(verts, facecolors=[colour], edgecolors="none"))
+        handles.append(Patch(facecolor=colour, label=str(class_names[j])))
+        bottom = top
+    span = k - 0.15  # ax.bar's limits: the bars' extent plus 5 % on each side; y from 0 (its sticky edge)
+    ax.set_xlim(-0.425 - 0.05 * span, k - 0.575 + 0.05 * span)
+    ax.set_ylim(0, max(float(bottom.max()) if k else 0.0, 1.0) * 1.05)
     ax.set_xlabel("client")
     ax.set_ylabel("examples")
     ax.set_title(title or f"label distribution per client ({k} clients, {c} classes)")
@@ -82,7 +97,8 @@ def plot_label_distribution(path: Path, hists: np.ndarray, class_names: Sequence
         ax.set_xticks(x, [str(n) for n in (client_names if client_names is not None else x)],
                       rotation=90 if k > 20 else 0, fontsize=7)
     if c <= 20:
-        ax.legend(title="class", fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(handles=handles, title="class", fontsize=7, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

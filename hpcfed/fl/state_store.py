@@ -27,6 +27,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable, Iterable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,6 +52,8 @@ class ClientStateStore:
         self.root = Path(root)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, int], dict[str, torch.Tensor]] = OrderedDict()
+        self._pruned_to: Optional[int] = None
+        """The highest ``keep_from_round`` this object has pruned to (None: none yet); see :meth:`prune`."""
 
     # -- paths -----------------------------------------------------------------------------------------
     def path(self, cid: int, round_idx: int) -> Path:
@@ -121,14 +124,33 @@ class ClientStateStore:
         """Forget the in-memory copies (after another rank changed the files, e.g. a purge)."""
         self._cache.clear()
 
-    def prune(self, keep_from_round: int) -> int:
+    def prune(self, keep_from_round: int, written: Optional[Callable[[int], Iterable[int]]] = None) -> int:
         """Delete every version shadowed by a newer version ≤ ``keep_from_round``; returns how many.
 
         Kept per client: its newest version ≤ ``keep_from_round`` and every version after it, so
         ``get(cid, before_round=r)`` is unchanged for every ``r > keep_from_round``.
+
+        Args:
+            written: optional; ``written(r)`` = the clients that may have stored a version in round r (a superset
+                is fine, e.g. round r's cohort). After an earlier prune by this object to K0, every client holds
+                at most one version ≤ K0, so only a client with a version in (K0, ``keep_from_round``] can have
+                something to delete: with ``written`` only those clients are listed — O(cohort) directory
+                listings a round instead of O(clients with state), which on a shared filesystem with thousands of
+                clients is seconds a round (issue #16). The first prune of an object (after a start or a resume)
+                and any prune without ``written`` examine every client. Same result either way, provided no
+                version of a round ≤ K0 is written after the prune to K0 (the loop writes round r's versions
+                during round r and prunes rounds < r).
         """
+        last = self._pruned_to
+        self._pruned_to = keep_from_round if last is None else max(last, keep_from_round)
+        if written is None or last is None:
+            cids: Iterable[int] = self._client_dirs()
+        elif keep_from_round <= last:
+            return 0  # every client already holds at most one version <= last
+        else:
+            cids = sorted({int(c) for r in range(max(last + 1, 1), keep_from_round + 1) for c in written(r)})
         removed = 0
-        for cid in self.clients():
+        for cid in cids:
             old = [v for v in self.versions(cid) if v <= keep_from_round]
             for v in old[:-1]:
                 self.path(cid, v).unlink(missing_ok=True)
@@ -136,11 +158,19 @@ class ClientStateStore:
                 removed += 1
         return removed
 
+    def _client_dirs(self) -> list[int]:
+        """Client ids with a folder in the store (one listing of the root; no per-client stat), ascending."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
     def purge_from(self, round_idx: int) -> int:
         """Delete every version written in a round ≥ ``round_idx`` (a crashed or earlier run's future) and
         empty the cache; returns how many files were deleted."""
         removed = 0
-        for cid in self.clients():
+        for cid in self._client_dirs():
             for v in self.versions(cid):
                 if v >= round_idx:
                     self.path(cid, v).unlink(missing_ok=True)

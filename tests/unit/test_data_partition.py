@@ -160,3 +160,69 @@ def test_property_valid_partition_or_clear_error(n, num_clients, num_classes, al
         assert all(np.unique(y[p]).size <= k for p in parts)
     if method == "fewshot":
         assert all(np.bincount(y[p], minlength=num_classes).tolist() == [shots] * num_classes for p in parts)
+
+
+# --- scale in clients (issue #16): the Dirichlet draw no longer slices every client on every attempt -----------
+
+
+def _dirichlet_before_scaling_fix(y, num_clients, alpha, seed, *, num_classes=None, min_size=1, max_attempts=100):
+    """The Dirichlet partitioner as it was before the client-scale fix (per-client pieces built on every
+    attempt, argmax over a Python list in the repair), kept as the reference the fast one must equal."""
+    y, k = P._labels(y, num_classes)
+    n = y.size
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y == c) for c in range(k)]
+    parts = []
+    for _ in range(max_attempts):
+        sizes = np.zeros(num_clients, dtype=np.int64)
+        buckets = [[] for _ in range(num_clients)]
+        for idx_c in by_class:
+            if idx_c.size == 0:
+                continue
+            idx_c = rng.permutation(idx_c)
+            p = rng.dirichlet(np.full(num_clients, alpha))
+            balanced = p * (sizes < n / num_clients)
+            if balanced.sum() > 0:
+                p = balanced
+            p = p / p.sum()
+            cuts = (np.cumsum(p) * idx_c.size).astype(np.int64)[:-1]
+            for j, piece in enumerate(np.split(idx_c, cuts)):
+                buckets[j].append(piece)
+                sizes[j] += piece.size
+        parts = [np.concatenate(b) if b else np.empty(0, np.int64) for b in buckets]
+        if sizes.min() >= min_size:
+            return P._finish(parts)
+    for j in range(num_clients):
+        while parts[j].size < min_size:
+            big = int(np.argmax([p.size for p in parts]))
+            take = int(rng.integers(parts[big].size))
+            parts[j] = np.append(parts[j], parts[big][take])
+            parts[big] = np.delete(parts[big], take)
+    return P._finish(parts)
+
+
+@pytest.mark.parametrize("n, k, num_clients, alpha, seed, min_size, max_attempts", [
+    (5000, 10, 20, 0.5, 0, 1, 100),      # accepted on an early attempt
+    (997, 3, 200, 0.5, 1, 1, 100),       # many clients: every attempt leaves someone empty -> the repair
+    (400, 4, 10, 0.05, 0, 20, 100),      # min_size > 1
+    (60, 3, 50, 1e-3, 1, 1, 100),        # tiny alpha (underflow branch), repair
+    (300, 2, 40, 0.3, 7, 2, 3),          # few attempts, then the repair
+    (50, 1, 1, 0.5, 3, 1, 100),          # one client, one class
+    (2000, 5, 1000, 0.5, 2, 1, 5),       # more clients than examples per class
+    (20_000, 2, 1500, 0.5, 0, 1, 100),   # SST-2-like (2 classes, ~13 examples a client): all attempts + repair
+])
+def test_dirichlet_equals_the_pre_scaling_implementation(n, k, num_clients, alpha, seed, min_size, max_attempts):
+    y = labels_of(n, k, seed, skew=True)
+    want = _dirichlet_before_scaling_fix(y, num_clients, alpha, seed, min_size=min_size, max_attempts=max_attempts)
+    got = P.dirichlet(y, num_clients, alpha, seed, min_size=min_size, max_attempts=max_attempts)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_dirichlet_with_empty_classes_equals_reference():
+    y = np.array([0, 2, 2, 4, 4, 4, 0, 2] * 30)  # classes 1 and 3 empty
+    want = _dirichlet_before_scaling_fix(y, 12, 0.5, 3, num_classes=6)
+    got = P.dirichlet(y, 12, 0.5, 3, num_classes=6)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(got) == 12
+

@@ -238,3 +238,87 @@ def test_real_sst2_default_config_when_present(tmp_path):
         assert d.x[:, 0].eq(101).all()  # [CLS]
         assert (d.x[torch.arange(len(d)), d.lengths.long() - 1] == 102).all()  # [SEP] at length-1
         assert (d.x[:, -1] == 0).any()  # right padding with pad id 0
+
+
+# --- scale in clients (issue #16): text rows of many clients tokenized per batch, not per client -------------
+
+
+class _RowSource:
+    """A source whose encode is row-wise (like tokenization): row i -> x = [i, 2i, 3i], length i % 5; it records
+    the size of every call."""
+
+    def __init__(self, text: bool = True):
+        self.calls: list[int] = []
+        self.text = text
+
+    def encode(self, split, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        self.calls.append(idx.size)
+        x = (idx[:, None] * np.array([1, 2, 3])).astype(np.int32)  # (n, 3)
+        return x, ((idx % 5).astype(np.int32) if self.text else None)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 4, 7, 10, 1000])
+def test_encode_clients_equals_one_call_per_client(batch_rows):
+    from hpcfed.data.pipeline import encode_clients
+
+    rng = np.random.default_rng(0)
+    keep = rng.permutation(200)[:120]
+    parts = partition.iid(120, 17, seed=3)  # sizes 7 and 8
+    parts[5] = parts[5][:1]                  # a 1-row client
+    cids = [2, 3, 5, 8, 9, 10, 16]
+    src = _RowSource()
+    got = list(encode_clients(src, "text", keep, parts, cids, batch_rows=batch_rows))
+    assert [c for c, _, _ in got] == cids
+    ref = _RowSource()
+    for c, x, lengths in got:
+        want_x, want_len = ref.encode("train", keep[parts[c]])
+        assert np.array_equal(x, want_x) and np.array_equal(lengths, want_len)
+    assert sum(src.calls) == sum(parts[c].size for c in cids)
+    if batch_rows == 1000:
+        assert len(src.calls) == 1  # every client of the shard in one call
+    else:  # greedy: a call holds consecutive clients while they fit; a client bigger than batch_rows goes alone
+        assert all(n <= batch_rows or n in {parts[c].size for c in cids} for n in src.calls)
+        assert len(src.calls) < len(cids) or batch_rows < 8
+
+
+def test_encode_clients_images_one_call_per_client():
+    from hpcfed.data.pipeline import encode_clients
+
+    parts = partition.iid(30, 5, seed=0)
+    src = _RowSource(text=False)
+    got = list(encode_clients(src, "image", np.arange(30), parts, [0, 1, 2, 3, 4], batch_rows=1000))
+    assert src.calls == [p.size for p in parts] and all(ln is None for _, _, ln in got)
+
+
+@needs_minilm
+def test_text_prepare_many_clients_small_batches_equals_per_client_tokenization(tmp_path, tokenizer, monkeypatch):
+    """End to end with the real tokenizer: 40 clients, tokenizer calls of at most 9 rows (so calls straddle
+    clients); every client's stored ids and lengths equal tokenizing that client's sentences alone."""
+    from hpcfed.data import pipeline
+
+    monkeypatch.setattr(pipeline, "ENCODE_BATCH_ROWS", 9)
+    calls = []
+    from hpcfed.data.readers import TextSource
+
+    orig = TextSource.encode
+
+    def counting(self, split, idx):
+        calls.append((split, len(idx)))
+        return orig(self, split, idx)
+
+    monkeypatch.setattr(TextSource, "encode", counting)
+    train = write_text_table(tmp_path / "train.tsv", 163, classes=("pos", "neg"))
+    cfg = DataConfig(name="manytext", kind="text", source=str(train), test_source=None, max_length=12,
+                     partition="iid", num_clients=40, num_shards=3, seed=1, shard_dir=str(tmp_path / "shards"))
+    root = prepare_shards(cfg, MINILM)
+    texts, _ = read_tsv(train)
+    parts = partition.iid(163, 40, seed=1)
+    train_calls = [n for split, n in calls if split == "train"]
+    assert sum(train_calls) == 163 and max(train_calls) <= 9 and len(train_calls) < 40
+    with ShardedDataset(root) as ds:
+        for c in range(40):
+            d = ds.load_client(c)
+            enc = tokenizer([texts[i] for i in parts[c]], truncation=True, max_length=12, padding="max_length")
+            assert d.x.tolist() == enc["input_ids"]
+            assert d.lengths.tolist() == [sum(m) for m in enc["attention_mask"]]

@@ -213,6 +213,44 @@ def test_resume_is_exact_with_client_store(toy_text):
     assert a.state.history[-1]["dat_local_acc"] == c.state.history[-1]["dat_local_acc"]
 
 
+def test_round_prune_lists_only_recent_cohorts_and_leaves_nothing_a_full_scan_would_delete(toy_text):
+    """With checkpoints every round, FedDAT prunes the client store after each round; after the first full scan
+    it lists only the clients of the rounds since (``written=loop.cohort``). A fresh store's full scan then
+    finds nothing left to delete, and each client keeps at most one version at or before the kept horizon."""
+    from hpcfed.fl.state_store import ClientStateStore
+
+    words = toy_text + ["fl.rounds=6", "fl.cohort_size=3", "eval.every_rounds=6", "checkpoint.every_rounds=1",
+                        "checkpoint.keep_last=1"]
+    loop = _loop(words, "ft_prune")
+    listed: list[list[int]] = []  # per prune call, the clients whose versions it listed
+    store = loop.algorithm.store
+    versions, prune, pruning = store.versions, store.prune, []
+
+    def spy_versions(cid):
+        if pruning:
+            listed[-1].append(cid)
+        return versions(cid)
+
+    def spy_prune(keep_from_round, **kw):
+        listed.append([])
+        pruning.append(1)
+        try:
+            return prune(keep_from_round, **kw)
+        finally:
+            pruning.clear()
+
+    store.versions, store.prune = spy_versions, spy_prune
+    loop.run()
+    keep_from = 6 - 1 * (1 + 1)  # after round r the store keeps what rounds > r - 2 can need
+    assert len(listed) == 6 and listed[0] == sorted(loop.cohort(1))  # the first prune scans every client folder
+    for r, cids in enumerate(listed[1:], start=2):  # then only the cohort of the round that became prunable
+        assert sorted(cids) == (sorted(loop.cohort(r - 2)) if r - 2 >= 1 else []), r
+    fresh = ClientStateStore(store.root, cache_size=0)
+    assert fresh.prune(keep_from) == 0
+    for cid in fresh.clients():
+        assert sum(v <= keep_from for v in fresh.versions(cid)) <= 1
+
+
 # -- the reference code's defaults (HaokunChen245/FedDAT) ---------------------------------------------------
 def test_reference_defaults_layout_and_init(toy_text):
     """Defaults: one adapter per block at the FFN output, both projections normal(0, 0.02) with zero biases,

@@ -101,3 +101,60 @@ def test_prune_keeps_every_resumable_round(tmp_path):
     assert before == after                           # every get with before_round > 6 unchanged
     assert s.prune(keep_from_round=9) == 3          # 0: r5, r8 (r9 kept); 2: r4 (r7 kept)
     assert s.versions(0) == [9] and s.versions(2) == [7]
+
+
+# --- scale in clients (issue #16): pruning lists only the clients written since the last prune ----------------
+
+
+def _files(root) -> set[str]:
+    return {f"{d}/{n}" for d in os.listdir(root) for n in os.listdir(root / d)} if root.exists() else set()
+
+
+@pytest.mark.parametrize("keep_last, every", [(0, 1), (1, 1), (2, 3)])
+def test_prune_with_written_equals_full_prune(tmp_path, monkeypatch, keep_last, every):
+    """A FedDAT-like run: each round a random cohort writes its versions (a few clients fail and write
+    nothing), then the main process prunes to round − every·(keep_last + 1) — one store pruning with
+    ``written=cohort``, one scanning every client. Same files and counts after every round; the incremental one
+    lists only the cohorts' folders after its first prune."""
+    import random
+
+    rng = random.Random(0)
+    cohorts = {r: rng.sample(range(60), 8) for r in range(1, 31)}
+    full, inc = ClientStateStore(tmp_path / "full", cache_size=4), ClientStateStore(tmp_path / "inc", cache_size=4)
+    listed = []
+    orig_versions = ClientStateStore.versions
+
+    def spy(self, cid):
+        if self is inc:
+            listed.append(cid)
+        return orig_versions(self, cid)
+
+    monkeypatch.setattr(ClientStateStore, "versions", spy)
+    for r in range(1, 31):
+        for cid in cohorts[r]:
+            if rng.random() < 0.9:  # a failed client writes nothing
+                for s in (full, inc):
+                    s.put(cid, r, _t(float(r)))
+        keep_from = r - every * (keep_last + 1)
+        listed.clear()
+        assert inc.prune(keep_from, written=lambda q: cohorts[q]) == full.prune(keep_from)
+        assert _files(tmp_path / "inc") == _files(tmp_path / "full")
+        if r > 1 and keep_from >= 1:
+            assert set(listed) <= set(cohorts[keep_from])  # O(cohort), not every client with state
+    for cid in range(60):
+        for r in range(27, 33):
+            assert inc.latest_round(cid, r) == full.latest_round(cid, r)
+
+
+def test_prune_first_call_or_without_written_scans_everything(tmp_path):
+    s = ClientStateStore(tmp_path)
+    for cid, r in [(0, 1), (0, 2), (1, 1), (1, 3), (2, 2)]:
+        s.put(cid, r, _t(float(r)))
+    # first prune of this object: `written` cannot be trusted for rounds before it, so every client is examined
+    assert s.prune(3, written=lambda r: []) == 2 and s.versions(0) == [2] and s.versions(1) == [3]
+    assert s.prune(2, written=lambda r: [0, 1, 2]) == 0  # not past the previous prune: nothing can be shadowed
+    s.put(2, 5, _t(5.0))
+    assert s.prune(5, written=lambda r: [2] if r == 5 else []) == 1 and s.versions(2) == [5]
+    s2 = ClientStateStore(tmp_path)  # a fresh object (a resumed run): full scan again
+    assert s2.prune(6, written=lambda r: []) == 0
+    assert ClientStateStore(tmp_path / "absent").prune(3, written=lambda r: [1]) == 0
