@@ -12,7 +12,8 @@ setting below (best of ``--reps`` repetitions; every setting trains the same cli
 * packed: padding-free rows with block-diagonal attention (``packing=true``, the default);
 
 each in fp32 and with bf16 autocast (``fl.local.bf16``), and optionally packed + bf16 + ``torch.compile``.
-Prints a markdown table (ms per step, real and computed tokens per step, speed-up over padded fp32). Needs
+Prints a markdown table (ms per step, real and computed tokens per step, speed-up over padded fp32); every
+``--json`` row carries the hardware / versions record (:func:`benchmarks.throughput.hardware_record`). Needs
 ../shared/data (or HPCFED_DATA_ROOT) and the MiniLM package.
 """
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="append one JSON line per setting to this file")
     a = ap.parse_args(argv)
 
-    from benchmarks.throughput import token_counts
+    from benchmarks.throughput import hardware_record, token_counts
     from benchmarks.workloads import load_workload_config, prepare_workload_data
     from hpcfed.fl.client import LocalTrainer, local_batches
     from hpcfed.compose import quiet_libraries
@@ -96,8 +97,10 @@ def main(argv=None) -> int:
         print(f"| {r['setting']} | {r['ms_per_step']:.1f} | {r['real_tokens_per_step']:.0f} / "
               f"{r['computed_tokens_per_step']:.0f} | {ref / r['ms_per_step']:.2f}× |")
     if a.json:
+        hardware = hardware_record("cpu", cores_used=a.threads)
         with open(a.json, "a", encoding="utf-8") as fh:
             for r in rows:
+                r["hardware"] = hardware
                 fh.write(json.dumps(r) + "\n")
     return 0
 

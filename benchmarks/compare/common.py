@@ -9,11 +9,16 @@ Every framework (plain PyTorch, pfl-research, Flower) trains the same model on t
   tokens + dropout 0.1 + a linear head (torch seed 0), BitFit by ``requires_grad`` or LoRA by
   ``peft.get_peft_model`` (r, α, query/value) — the same architecture hpcfed builds;
 * local training: 4 AdamW steps of batch 32 (lr 1e-3, head 5e-3, no weight decay, fresh optimizer state per
-  client), dynamic padding (each batch trimmed to its longest sequence), fp32 unless said otherwise;
+  client), dynamic padding (each batch trimmed to its longest sequence), fp32 unless said otherwise; the
+  batches are hpcfed's own draw (:func:`client_batches`: exactly ``steps`` batches of ``min(32, n)`` from a
+  stream of shuffled passes, seeded by ``client_seed(seed, round, client)``), so every framework runs the same
+  number of steps on the same examples, small clients included;
 * aggregation: FedAvg weighted by client sample counts, server lr 1.
 
-Each script prints ONE JSON line (:func:`report`): median seconds per round over rounds 2..R, client
-updates/s, final SST-2 dev accuracy after R rounds, start-up time, load average.
+Each script prints ONE JSON line (:func:`report`): median (min, max) seconds per round over rounds 2..R, client
+updates/s, real tokens/s, the local steps each round ran (summed over its clients), final SST-2 dev accuracy
+after R rounds, start-up time, load average, and the hardware / versions record
+(:func:`benchmarks.throughput.hardware_record`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -140,23 +146,44 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
                              lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps, weight_decay=c.weight_decay)
 
 
+def client_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """The index batches one client trains on: hpcfed's own draw (:func:`hpcfed.fl.client.local_batches` with
+    ``steps``), exactly ``steps`` batches of ``min(batch_size, n)`` indices from a stream of shuffled passes
+    over the ``n`` examples, so a client smaller than ``steps × batch_size`` still runs ``steps`` steps.
+
+    Raises:
+        ValueError: ``n``, ``batch_size`` or ``steps`` below 1.
+    """
+    from hpcfed.fl.client import local_batches
+
+    if n < 1 or batch_size < 1 or steps < 1:
+        raise ValueError(f"n={n}, batch_size={batch_size}, steps={steps}: each must be >= 1")
+    return local_batches(n, batch_size, epochs=1, steps=steps, generator=generator)
+
+
+@dataclass(frozen=True)
+class LocalWork:
+    """What one client's local training did: optimizer steps, examples and real (unpadded) tokens."""
+
+    steps: int
+    samples: int
+    tokens: int
+
+
 def local_train(model: nn.Module, opt: torch.optim.Optimizer, data, steps: int, batch_size: int,
-                generator: torch.Generator, bf16: bool = False) -> int:
-    """``steps`` AdamW steps on shuffled batches of ``data`` (hpcfed ClientData); returns samples seen."""
+                generator: torch.Generator, bf16: bool = False) -> LocalWork:
+    """``steps`` AdamW steps on :func:`client_batches` of ``data`` (hpcfed ClientData), bf16 autocast if
+    ``bf16``; returns the :class:`LocalWork` done."""
     model.train()
-    n = len(data)
-    bs = min(batch_size, n)
-    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-steps * bs // n))])
-    seen = 0
-    for s in range(steps):
-        idx = order[s * bs:(s + 1) * bs]
+    seen = tokens = done = 0
+    for idx in client_batches(len(data), batch_size, steps, generator):
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(data.x[idx], data.lengths[idx])
         F.cross_entropy(logits.float(), data.y[idx]).backward()
         opt.step()
-        seen += len(idx)
-    return seen
+        done, seen, tokens = done + 1, seen + len(idx), tokens + int(data.lengths[idx].sum())
+    return LocalWork(done, seen, tokens)
 
 
 @torch.no_grad()
@@ -180,15 +207,57 @@ def fedavg_(model: nn.Module, updates: Sequence[tuple[dict[str, torch.Tensor], f
 
 
 def report(framework: str, workload: str, round_s: Sequence[float], cohort: int, final_acc: float,
-           startup_s: float, **extra) -> dict:
-    """Print and return the one JSON line of a framework run: medians over rounds 2..R (``extra`` may carry
-    ``acc_curve`` = [[round, accuracy], ...], ``processes``, ...)."""
+           startup_s: float, *, bf16: bool = False, processes: int = 1,
+           local_steps: Sequence[int] | None = None, tokens: Sequence[int] | None = None, **extra) -> dict:
+    """Print and return the one JSON line of a framework run.
+
+    Args:
+        framework: the row's framework label.
+        workload: the workload name.
+        round_s: wall seconds of every round, round 1 (the warm-up) first; the row's ``round_s`` is the median
+            of rounds 2..R, with ``round_s_min`` / ``round_s_max``.
+        cohort: clients per round (client updates/s = cohort / round_s).
+        final_acc: test accuracy after the last round (fraction).
+        startup_s: seconds before round 1.
+        bf16: local training under bf16 autocast (``precision``).
+        processes: processes of the run (``layout`` = processes x this process's torch threads).
+        local_steps: per round, the local optimizer steps its clients ran, summed (``local_steps_per_round``).
+        tokens: per round, the real tokens its local steps consumed (``tokens_per_round``; ``tokens_per_s``
+            = median of tokens / round seconds over rounds 2..R).
+        extra: more keys (``acc_curve`` = [[round, accuracy], ...], versions, ...).
+
+    ``local_steps`` or ``tokens`` with not one value per round are recorded as they are, with a line in the
+    row's ``warnings`` (and no ``tokens_per_s``): the measured row is kept.
+
+    Raises:
+        ValueError: ``round_s`` is empty.
+    """
+    from benchmarks.throughput import hardware_record
+
+    if not round_s:
+        raise ValueError("no round was timed")
+    warnings = [f"{name}: {len(seq)} values for {len(round_s)} rounds"
+                for name, seq in (("local_steps", local_steps), ("tokens", tokens))
+                if seq is not None and len(seq) != len(round_s)]
     timed = list(round_s[1:]) if len(round_s) > 1 else list(round_s)
     med = statistics.median(timed)
+    threads = torch.get_num_threads()
     out = {"framework": framework, "workload": workload, "rounds": len(round_s), "round_s": med,
+           "round_s_min": min(timed), "round_s_max": max(timed),
            "round_s_all": list(round_s), "client_updates_per_s": cohort / med, "final_acc": final_acc,
-           "startup_s": startup_s, "loadavg": list(os.getloadavg()), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, **extra}
+           "startup_s": startup_s, "loadavg": list(os.getloadavg()), "threads": threads,
+           "processes": processes, "layout": f"{processes}x{threads}",
+           "precision": "bf16-autocast" if bf16 else "fp32", "torch": torch.__version__}
+    if local_steps is not None:
+        out["local_steps_per_round"] = [int(x) for x in local_steps]
+    if tokens is not None:
+        out["tokens_per_round"] = [int(x) for x in tokens]
+    if tokens is not None and len(tokens) == len(round_s):
+        out["tokens_per_s"] = statistics.median(t / s for t, s in zip(list(tokens)[1:] or tokens, timed))
+    if warnings:
+        out["warnings"] = warnings
+    out.update(extra)
+    out["hardware"] = hardware_record("cpu", cores_used=processes * threads)
     print(json.dumps(out))
     sys.stdout.flush()
     return out

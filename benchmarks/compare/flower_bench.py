@@ -16,7 +16,9 @@ node for its ``partition-id`` (one QUERY message each, before round 1) and then 
 messages to the nodes of hpcfed's cohort r, so every framework trains the same clients; ``--cohorts native``
 keeps ``FedAvg``'s own random node sampling. Round times run from the end of one ``evaluate_fn`` call to the
 next (it is called at round 0 and after every round; test evaluations with ``--eval-every`` happen inside it
-and are not counted); round 1 is the warm-up.
+and are not counted); round 1 is the warm-up. Every ClientApp reports the local steps it ran and the real
+tokens it consumed (``local-steps``, ``tokens`` in its ``MetricRecord``); the strategy's
+``train_metrics_aggr_fn`` sums them over the round's replies (``local_steps_per_round``, ``tokens_per_s``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def _worker_state(workload: str, overrides: tuple, threads: int):
         cfg, ds = common.setup(workload, list(overrides), threads=threads)
         _CACHE[key] = (cfg, ds, common.build_model(cfg, cfg.peft.method))
     return _CACHE[key]
+
+
+def work_aggregator(result: dict):
+    """A ``FedAvg`` ``train_metrics_aggr_fn``: sums the replies' ``local-steps``, ``tokens`` and weighting key
+    over the round and appends the round's steps and tokens to ``result["local_steps"]`` / ``result["tokens"]``.
+    Imports flwr."""
+    from flwr.app import MetricRecord
+
+    def sum_work(contents: list, weighted_by_key: str) -> MetricRecord:
+        records = [next(iter(c.metric_records.values())) for c in contents]  # each reply's one MetricRecord
+        total = {k: sum(int(m[k]) for m in records) for k in ("local-steps", "tokens", weighted_by_key)}
+        result.setdefault("local_steps", []).append(total["local-steps"])
+        result.setdefault("tokens", []).append(total["tokens"])
+        return MetricRecord(total)
+
+    return sum_work
 
 
 def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, threads: int, cohorts: str,
@@ -78,10 +96,11 @@ def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, threads:
         data = ds.load_client(cid)
         seed = client_seed(cfg.seed, rnd, cid)
         torch.manual_seed(seed)
-        common.local_train(model, common.make_optimizer(model, cfg), data, c.steps, c.batch_size,
-                           torch.Generator().manual_seed(seed), bf16=bf16)
+        work = common.local_train(model, common.make_optimizer(model, cfg), data, c.steps, c.batch_size,
+                                  torch.Generator().manual_seed(seed), bf16=bf16)
         content = RecordDict({"arrays": ArrayRecord(common.trainable_state(model)),
-                              "metrics": MetricRecord({"num-examples": len(data)})})
+                              "metrics": MetricRecord({"num-examples": len(data), "local-steps": work.steps,
+                                                       "tokens": work.tokens})})
         return Message(content=content, reply_to=msg)
 
     server_app = ServerApp()
@@ -105,7 +124,8 @@ def make_apps(workload: str, overrides: tuple, rounds: int, bf16: bool, threads:
         model = common.build_model(cfg, cfg.peft.method)                     # ClientApps' cache
         n = ds.num_clients
         kw = dict(fraction_train=cfg.fl.cohort_size / n, fraction_evaluate=0.0,
-                  min_train_nodes=cfg.fl.cohort_size, min_available_nodes=n)
+                  min_train_nodes=cfg.fl.cohort_size, min_available_nodes=n,
+                  train_metrics_aggr_fn=work_aggregator(result))
         if cohorts == "hpcfed":
             while len(list(grid.get_node_ids())) < n:
                 time.sleep(0.1)
@@ -168,9 +188,10 @@ def main(argv=None) -> int:
     startup = result.get("startup_end", time.perf_counter()) - t0
     label = "flower" + (f"-{ncpu // cpus}w" if cpus < ncpu else "") + ("-bf16" if a.bf16 else "")
     common.report(label, a.workload, round_s, cfg.fl.cohort_size, result.get("final_acc", float("nan")),
-                  startup, total_s=total, acc_curve=[c for c in result.get("acc_curve", [])
-                                                      if a.eval_every and c[0] % a.eval_every == 0],
-                  processes=ncpu // cpus, cohorts=a.cohorts, flwr_version=__import__("flwr").__version__)
+                  startup, bf16=a.bf16, processes=ncpu // cpus, local_steps=result.get("local_steps"),
+                  tokens=result.get("tokens"), total_s=total,
+                  acc_curve=[c for c in result.get("acc_curve", []) if a.eval_every and c[0] % a.eval_every == 0],
+                  cohorts=a.cohorts, flwr_version=__import__("flwr").__version__)
     return 0
 
 

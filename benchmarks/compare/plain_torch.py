@@ -29,18 +29,22 @@ def main(argv=None) -> int:
     test = ds.load_test()
     c = cfg.fl.local
     startup = time.perf_counter() - t0
-    round_s, acc_curve = [], []
+    round_s, acc_curve, steps, tokens = [], [], [], []
     cohorts = common.hpcfed_cohorts(cfg, ds.num_clients)
     for r in range(1, a.rounds + 1):
         t = time.perf_counter()
         updates = []
+        steps.append(0)
+        tokens.append(0)
         for cid in next(cohorts):
             data = ds.load_client(cid)
             local = copy.deepcopy(model)
             seed = client_seed(cfg.seed, r, cid)
             torch.manual_seed(seed)
-            common.local_train(local, common.make_optimizer(local, cfg), data, c.steps, c.batch_size,
-                               torch.Generator().manual_seed(seed), bf16=a.bf16)
+            work = common.local_train(local, common.make_optimizer(local, cfg), data, c.steps, c.batch_size,
+                                      torch.Generator().manual_seed(seed), bf16=a.bf16)
+            steps[-1] += work.steps
+            tokens[-1] += work.tokens
             updates.append((common.trainable_state(local), float(len(data))))
         common.fedavg_(model, updates)
         round_s.append(time.perf_counter() - t)
@@ -49,7 +53,7 @@ def main(argv=None) -> int:
             acc_curve.append([r, common.accuracy(model, test)])
     acc = acc_curve[-1][1] if acc_curve and acc_curve[-1][0] == a.rounds else common.accuracy(model, test)
     common.report("plain-pytorch" + ("-bf16" if a.bf16 else ""), a.workload, round_s, cfg.fl.cohort_size, acc,
-                  startup, acc_curve=acc_curve, processes=1)
+                  startup, bf16=a.bf16, processes=1, local_steps=steps, tokens=tokens, acc_curve=acc_curve)
     return 0
 
 
