@@ -65,23 +65,31 @@ class RoundState:
 
 class ClientCache:
     """Loaded clients of this rank, least recently used evicted past ``max_clients``; ``poison(cid, data)``, when
-    given, transforms a client's data once when it is loaded (``fl.attack.kind=label_flip``)."""
+    given, transforms a client's data once when it is loaded (``fl.attack.kind=label_flip``).
+
+    ``hits``, ``misses`` (= shard loads) and ``evictions`` count since construction; each round reports the sums
+    over ranks of its hits and loads as ``client_cache_hits`` / ``client_loads`` (they depend on the number of
+    ranks: a client placed on another rank than last time is loaded again)."""
 
     def __init__(self, dataset: ShardedDataset, max_clients: int = 256,
                  poison: Optional[Callable[[int, ClientData], ClientData]] = None):
         self.dataset, self.max_clients, self.poison = dataset, max_clients, poison
         self._cache: OrderedDict[int, ClientData] = OrderedDict()
+        self.hits = self.misses = self.evictions = 0
 
     def get(self, cid: int) -> ClientData:
         if cid in self._cache:
             self._cache.move_to_end(cid)
+            self.hits += 1
             return self._cache[cid]
+        self.misses += 1
         data = self.dataset.load_client(cid)
         if self.poison is not None:
             data = self.poison(cid, data)
         self._cache[cid] = data
         if len(self._cache) > self.max_clients:
             self._cache.popitem(last=False)
+            self.evictions += 1
         return data
 
 
@@ -194,6 +202,8 @@ class FederatedLoop:
         t0 = time.perf_counter()
         agg = self.aggregator
         agg.reset()
+        cache = self.clients  # a method may replace it with a view without counters (FedYolo)
+        hits0, misses0 = getattr(cache, "hits", 0), getattr(cache, "misses", 0)
         self.trainer.set_round(round_idx, self.cfg.fl.rounds)
         self.algorithm.on_round_start(self, round_idx)
         if self.group_trainer is not None:
@@ -222,6 +232,8 @@ class FederatedLoop:
                 agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
         if self.stop_flag is not None and self.stop_flag.requested:
             agg.add_stats(stop_requested=1)
+        agg.add_stats(client_cache_hits=getattr(cache, "hits", 0) - hits0,
+                      client_loads=getattr(cache, "misses", 0) - misses0)
         # the round's ONE collective (FedAvg); a robust rule reduces only the statistics and adds its gathers
         stats = agg.reduce(self.comm, stats_only=self.robust is not None)
         dp_metrics = {}
@@ -243,6 +255,8 @@ class FederatedLoop:
             "samples_per_s": stats["samples_seen"] / round_s if round_s > 0 else 0.0,
             "local_steps": int(stats["steps"]),
             "clients_failed": int(stats["clients_failed"]),
+            "client_loads": int(stats["client_loads"]),
+            "client_cache_hits": int(stats["client_cache_hits"]),
         }
         metrics.update(dp_metrics)
         metrics.update(robust_metrics)

@@ -57,3 +57,23 @@ def test_bytes_follow_the_client_masks(toy_text, monkeypatch):
     assert m["clients"] == len(cohort) - 1 and m["clients_failed"] == 1
     assert json.dumps(m)  # metrics stay JSON-serializable
     ds.close()
+
+
+def test_round_reports_client_loads_and_cache_hits(toy_text):
+    """client_loads = this round's clients not in the rank's client cache (read from the shards), hits = the
+    rest; past the cache's capacity every load evicts the least recently used client."""
+    cfg = load_config(toy_text + ["fl.rounds=3", "fl.cohort_size=4"])
+    loop, ds = build_loop(cfg, _Rt(), LocalComm())
+    seen: set[int] = set()
+    for r in (1, 2):
+        cohort = set(loop.my_clients(r))
+        m = loop.run_round(r)
+        assert (m["client_loads"], m["client_cache_hits"]) == (len(cohort - seen), len(cohort & seen)), r
+        seen |= cohort
+    assert loop.clients.misses == len(seen) and loop.clients.evictions == 0
+    loop.clients.max_clients = 1
+    loop.clients._cache.clear()
+    m = loop.run_round(3)  # every client is loaded; each load after the first evicts the one before
+    assert (m["client_loads"], m["client_cache_hits"]) == (4, 0)
+    assert loop.clients.evictions == 3 and loop.clients.misses == len(seen) + 4
+    ds.close()
