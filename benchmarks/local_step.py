@@ -1,7 +1,7 @@
 """What each exact compute reduction buys: ms per local step of ``LocalTrainer`` on real SST-2 clients.
 
     python -m benchmarks.local_step [--threads 1] [--method bias] [--clients 8] [--reps 3] [--compile]
-        [--json out.jsonl]
+        [--json out.jsonl] [--profile OUT]
 
 The text workload's model (MiniLM-L6 + mean pooling + head, BitFit or LoRA), 4 local AdamW steps of batch 32
 on the first ``--clients`` clients of the 100-client Dirichlet(0.5) split with ≥ 32 examples, timed for each
@@ -12,6 +12,10 @@ setting below (best of ``--reps`` repetitions; every setting trains the same cli
 * packed: padding-free rows with block-diagonal attention (``packing=true``, the default);
 
 each in fp32 and with bf16 autocast (``fl.local.bf16``), and optionally packed + bf16 + ``torch.compile``.
+``--profile OUT`` also runs one more repetition of "packed bf16" under ``torch.profiler`` and writes where the
+local step's time goes: ``OUT.txt`` (the profiler's table of the 40 ops with the most self CPU time) and
+``OUT.json`` (self CPU time summed by category: GEMM, attention, element-wise, casts/copies, optimizer,
+other; :func:`profile_categories`).
 Prints a markdown table (ms per step, real and computed tokens per step, speed-up over padded fp32); every
 ``--json`` row carries the hardware / versions record (:func:`benchmarks.throughput.hardware_record`). Needs
 ../shared/data (or HPCFED_DATA_ROOT) and the MiniLM package.
@@ -35,6 +39,50 @@ SETTINGS = [  # (label, config words)
 ]
 
 
+CATEGORIES = (  # (category, substrings of aten op names); first match wins, in this order
+    ("attention", ("scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")),
+    ("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+              "mkldnn", "onednn")),
+    ("casts/copies", ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous",
+                      "aten::cat", "aten::index", "aten::gather", "aten::scatter", "aten::embedding")),
+    ("optimizer", ("_foreach", "aten::addcdiv", "aten::addcmul", "aten::lerp", "aten::sqrt")),
+    ("element-wise", ("aten::add", "aten::mul", "aten::sub", "aten::div", "aten::gelu", "aten::tanh",
+                      "aten::layer_norm", "aten::native_layer_norm", "aten::dropout", "aten::native_dropout",
+                      "aten::where", "aten::masked", "aten::sum", "aten::mean", "aten::fill_", "aten::zero_",
+                      "aten::neg", "aten::exp", "aten::pow", "aten::rsqrt", "aten::threshold")),
+)
+
+
+def profile_categories(events) -> dict:
+    """Self CPU time of a profile summed by op category.
+
+    Args:
+        events: ``prof.key_averages()`` of a ``torch.profiler.profile`` run (CPU activity).
+
+    Returns:
+        ``{"total_ms": float, "categories": {name: {"ms": float, "share": float}}, "top": [...]}``: self CPU
+        milliseconds per category of :data:`CATEGORIES` (plus "other"; shares of the total sum to 1) and the
+        ten ops with the most self time (name, ms, calls). Self times do not overlap, so they add up.
+    """
+    cats: dict[str, float] = {name: 0.0 for name, _ in CATEGORIES}
+    cats["other"] = 0.0
+    rows = []
+    for e in events:
+        ms = e.self_cpu_time_total / 1e3
+        rows.append((e.key, ms, e.count))
+        for name, keys in CATEGORIES:
+            if any(k in e.key for k in keys):
+                cats[name] += ms
+                break
+        else:
+            cats["other"] += ms
+    total = sum(cats.values())
+    rows.sort(key=lambda r: -r[1])
+    return {"total_ms": total,
+            "categories": {k: {"ms": v, "share": v / total if total else 0.0} for k, v in cats.items()},
+            "top": [{"op": k, "ms": ms, "calls": n} for k, ms, n in rows[:10]]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -43,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also packed + bf16 + torch.compile")
     ap.add_argument("--json", help="append one JSON line per setting to this file")
+    ap.add_argument("--profile", metavar="OUT", help="profile packed bf16: write OUT.txt and OUT.json")
     a = ap.parse_args(argv)
 
     from benchmarks.throughput import hardware_record, token_counts
@@ -86,6 +135,24 @@ def main(argv=None) -> int:
             if rep:
                 times.append(time.perf_counter() - t0)
         ms = 1e3 * min(times) / steps
+        if a.profile and label == "packed bf16":
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for i, d in enumerate(datas):
+                    flat.data.copy_(theta0)
+                    trainer.train(d, i)
+            ev = prof.key_averages()
+            with open(f"{a.profile}.txt", "w", encoding="utf-8") as fh:
+                fh.write(f"{workload}, {a.threads} thread(s), packed bf16, {len(datas)} clients x {c.steps} "
+                         f"steps (one repetition under the profiler)\n")
+                fh.write(ev.table(sort_by="self_cpu_time_total", row_limit=40))
+            summary = profile_categories(ev)
+            summary.update(workload=workload, threads=a.threads, steps=steps, setting=label,
+                           untraced_ms_per_step=ms, hardware=hardware_record("cpu", cores_used=a.threads))
+            with open(f"{a.profile}.json", "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=1)
+            print("profile (self CPU ms by category): " + ", ".join(
+                f"{k} {v['share']:.0%}" for k, v in summary["categories"].items()), flush=True)
         rows.append({"setting": label, "method": a.method, "threads": a.threads, "ms_per_step": ms,
                      "real_tokens_per_step": real / steps, "computed_tokens_per_step": computed / steps})
         print(f"{label}: {ms:.1f} ms/step", flush=True)
