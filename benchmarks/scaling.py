@@ -17,10 +17,13 @@ Model (per round, p ranks, cohort C, flat buffer of n fp32 elements = b = 4n byt
 Patarasuk & Yuan, J. Parallel Distrib. Comput. 2009; NCCL's "bus bandwidth" = 1 / β). ``--run`` measures
 round times with ``mpirun -n 1`` and ``-n 2`` (strong: fixed cohort; weak: cohort ∝ ranks) and the gloo
 all-reduce time of buffers of 1e2..1e7 elements on 2 ranks; ``--fit`` fits α and β to the all-reduce times and
-t_client to the round times by least squares, and plots the model up to 1024 GPUs with NCCL ring parameters
-(``--nccl-alpha-us``, ``--nccl-busbw-gbs``; defaults are typical HDR-InfiniBand values, replace them with
-your ``nccl-tests`` ``all_reduce_perf`` numbers) and a per-client GPU time (``--gpu-client-s``; measure with
-``python -m benchmarks.throughput --device cuda``).
+t_client to the round times by least squares, and projects the model up to 1024 ranks. By default
+(``--collective measured``) every input of the projection is measured: the α and β fitted to this CSV's
+all-reduce rows and the t_client fitted to its rounds. ``--collective nccl`` uses NCCL ring parameters you
+give instead (``--nccl-alpha-us``, ``--nccl-busbw-gbs``: take them from your cluster's ``nccl-tests``
+``all_reduce_perf``; the defaults, 20 µs and 20 GB/s, are assumptions, not measurements, and the projection says
+so), and ``--gpu-client-s`` replaces t_client (measure it with ``python -m benchmarks.throughput --device
+cuda``).
 """
 
 from __future__ import annotations
@@ -292,10 +295,25 @@ def read_csv(path: Path) -> list[dict]:
 
 def fit_and_plot(rows: Sequence[dict], plot: Path | None, *, nccl_alpha_us: float = 20.0,
                  nccl_busbw_gbs: float = 20.0, gpu_client_s: float | None = None,
-                 bytes_rows: Sequence[dict] = (), clients_per_gpu: int = 16) -> dict:
+                 bytes_rows: Sequence[dict] = (), clients_per_gpu: int = 16, collective: str = "measured") -> dict:
     """Fit (α, β) to the all-reduce rows and (t_fixed, t_client) to the round rows; plot modelled round time
-    for 1..1024 GPUs (weak scaling: ``clients_per_gpu`` clients per GPU; strong: cohort 1024) with the NCCL
-    parameters, for the measured workload's bytes and for each row of ``bytes_rows``."""
+    for 1..1024 ranks (weak scaling: ``clients_per_gpu`` clients per rank; strong: cohort 1024) for the
+    measured workload's bytes and for each row of ``bytes_rows``.
+
+    Args:
+        collective: "measured": the projection uses the fitted α, β (every input measured); "nccl": it uses
+            ``nccl_alpha_us`` (µs) and ``nccl_busbw_gbs`` (GB/s), given by the user.
+
+    Returns:
+        The fit: ``alpha_s``, ``beta_s_per_byte``, ``busbw_gbs``, ``t_fixed_s``, ``t_client_s``, ``points``
+        (where the rows allow), and the projection's inputs ``proj_alpha_s``, ``proj_beta_s_per_byte``,
+        ``projection_client_s`` and ``projection_basis`` (a sentence saying where each came from).
+
+    Raises:
+        ValueError: ``collective`` is neither "measured" nor "nccl", or "measured" without all-reduce rows.
+    """
+    if collective not in ("measured", "nccl"):
+        raise ValueError(f"collective must be 'measured' or 'nccl', got {collective!r}")
     ar = [r for r in rows if r["mode"] == "allreduce"]
     fit = {}
     if len(ar) >= 2:
@@ -313,9 +331,24 @@ def fit_and_plot(rows: Sequence[dict], plot: Path | None, *, nccl_alpha_us: floa
                           "model_s": round_time_s(r["ranks"], r["cohort"], fit["t_client_s"], r["bytes"],
                                                   fit.get("alpha_s", 0.0), fit.get("beta_s_per_byte", 0.0),
                                                   fit["t_fixed_s"])} for r in uniq.values()]
-    fit["nccl_alpha_s"], fit["nccl_beta_s_per_byte"] = nccl_alpha_us * 1e-6, 1.0 / (nccl_busbw_gbs * 1e9)
-    t_client = gpu_client_s if gpu_client_s is not None else fit.get("t_client_s", 1.0)
+    if collective == "measured":
+        if "alpha_s" not in fit:
+            raise ValueError("--collective measured needs the all-reduce rows of `--run` in the CSV")
+        fit["proj_alpha_s"], fit["proj_beta_s_per_byte"] = fit["alpha_s"], fit["beta_s_per_byte"]
+        coll = (f"the gloo ring all-reduce measured here (α = {1e6 * fit['alpha_s']:.0f} µs, bus bandwidth "
+                f"{fit['busbw_gbs']:.2f} GB/s, fitted on {ar[0]['ranks']} ranks)")
+    else:
+        fit["proj_alpha_s"], fit["proj_beta_s_per_byte"] = nccl_alpha_us * 1e-6, 1.0 / (nccl_busbw_gbs * 1e9)
+        coll = (f"NCCL ring parameters given, not measured here (α = {nccl_alpha_us:g} µs, bus bandwidth "
+                f"{nccl_busbw_gbs:g} GB/s)")
+    if gpu_client_s is not None:
+        t_client, tc = gpu_client_s, f"t_client = {gpu_client_s:.3g} s given"
+    elif "t_client_s" in fit:
+        t_client, tc = fit["t_client_s"], f"t_client = {fit['t_client_s']:.3g} s fitted to the measured rounds"
+    else:
+        raise ValueError("no t_client: the CSV has fewer than two round rows and --gpu-client-s is not set")
     fit["projection_client_s"] = t_client
+    fit["projection_basis"] = f"{tc}; {coll}"
     if plot is not None:
         import matplotlib
 
@@ -327,22 +360,22 @@ def fit_and_plot(rows: Sequence[dict], plot: Path | None, *, nccl_alpha_us: floa
         series += [(f"{b['arch']} {b['method']} ({b['bytes'] / 1e6:.3g} MB)", b["bytes"]) for b in bytes_rows]
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for label, nb in series:
-            a, b = fit["nccl_alpha_s"], fit["nccl_beta_s_per_byte"]
+            a, b = fit["proj_alpha_s"], fit["proj_beta_s_per_byte"]
             weak = [round_time_s(p, clients_per_gpu * p, t_client, nb, a, b) for p in ps]
             strong = [round_time_s(p, 1024, t_client, nb, a, b) for p in ps]
             axes[0].plot(ps, weak, marker=".", label=label)
             axes[1].plot(ps, strong, marker=".", label=label)
-        axes[0].set_title(f"weak scaling: {clients_per_gpu} clients/GPU, t_client={t_client:.3g} s")
+        axes[0].set_title(f"weak scaling: {clients_per_gpu} clients/rank, t_client={t_client:.3g} s")
         axes[1].set_title(f"strong scaling: cohort 1024, t_client={t_client:.3g} s")
         for ax in axes:
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_xlabel("GPUs (ranks)")
+            ax.set_xlabel("ranks")
             ax.set_ylabel("modelled s / round")
             ax.grid(True, which="both", alpha=0.3)
         axes[1].legend(fontsize=6)
-        fig.suptitle(f"T(p) = ceil(C/p)·t_client + 2(p-1)·α + 2(p-1)/p·bytes·β, NCCL ring α={nccl_alpha_us} µs, "
-                     f"bus bw {nccl_busbw_gbs} GB/s", fontsize=9)
+        fig.suptitle("T(p) = ceil(C/p)·t_client + 2(p-1)·α + 2(p-1)/p·bytes·β; " + fit["projection_basis"],
+                     fontsize=8)
         fig.tight_layout()
         plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=110)
@@ -373,12 +406,13 @@ def scaling_markdown(rows: Sequence[dict], fit: dict) -> str:
 
 def projection_markdown(fit: dict, bytes_rows: Sequence[dict], plot: str | None, clients_per_gpu: int = 16
                         ) -> str:
-    """Modelled weak-scaling round time and all-reduce share at 1..1024 GPUs for each payload."""
-    a, b, t = fit["nccl_alpha_s"], fit["nccl_beta_s_per_byte"], fit["projection_client_s"]
+    """Modelled weak-scaling round time and all-reduce share at 1..1024 ranks for each payload, headed by where
+    each input of the model came from (``fit["projection_basis"]``)."""
+    a, b, t = fit["proj_alpha_s"], fit["proj_beta_s_per_byte"], fit["projection_client_s"]
     ps = (1, 8, 64, 1024)
-    out = [f"Weak scaling, {clients_per_gpu} clients per GPU, t_client = {t:.3g} s, NCCL ring α = "
-           f"{1e6 * a:.0f} µs, bus bandwidth {1e-9 / b:.0f} GB/s: modelled s/round (all-reduce share)", "",
-           "| payload | " + " | ".join(f"{p} GPUs" for p in ps) + " |", "|---" * (len(ps) + 1) + "|"]
+    out = [f"Weak scaling, {clients_per_gpu} clients per rank; {fit['projection_basis']}: modelled s/round "
+           "(all-reduce share)", "",
+           "| payload | " + " | ".join(f"{p} ranks" for p in ps) + " |", "|---" * (len(ps) + 1) + "|"]
     for br in bytes_rows:
         cells = []
         for p in ps:
@@ -407,8 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--allreduce-bench", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--fit", metavar="CSV", help="fit the model to this CSV")
     p.add_argument("--plot", default=None, help="PNG of the model up to 1024 GPUs")
-    p.add_argument("--nccl-alpha-us", type=float, default=20.0)
-    p.add_argument("--nccl-busbw-gbs", type=float, default=20.0)
+    p.add_argument("--collective", choices=["measured", "nccl"], default="measured",
+                   help="projection's all-reduce: the α, β fitted to the CSV (measured) or --nccl-* (given)")
+    p.add_argument("--nccl-alpha-us", type=float, default=20.0, help="with --collective nccl (an assumption)")
+    p.add_argument("--nccl-busbw-gbs", type=float, default=20.0, help="with --collective nccl (an assumption)")
     p.add_argument("--gpu-client-s", type=float, default=None)
     p.add_argument("--bytes-table", action="store_true", help="all-reduce bytes per PEFT method (no downloads)")
     p.add_argument("--bytes-json", default=None, help="write/read the bytes table rows here")
@@ -434,8 +470,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         brows = json.loads(Path(a.bytes_json).read_text())
     if a.fit:
         sel = [b for b in brows if b["arch"] == "roberta_base" and b["method"] in ("bias", "lora", "full")]
-        fit = fit_and_plot(read_csv(Path(a.fit)), Path(a.plot) if a.plot else None, nccl_alpha_us=a.nccl_alpha_us,
-                           nccl_busbw_gbs=a.nccl_busbw_gbs, gpu_client_s=a.gpu_client_s, bytes_rows=sel)
+        try:
+            fit = fit_and_plot(read_csv(Path(a.fit)), Path(a.plot) if a.plot else None,
+                               nccl_alpha_us=a.nccl_alpha_us, nccl_busbw_gbs=a.nccl_busbw_gbs,
+                               gpu_client_s=a.gpu_client_s, bytes_rows=sel, collective=a.collective)
+        except ValueError as e:
+            print(f"error: {a.fit}: {e}", file=sys.stderr)
+            return 2
         print(json.dumps(fit, indent=1))
         if a.md:
             Path(a.md).write_text(scaling_markdown(read_csv(Path(a.fit)), fit))

@@ -172,3 +172,36 @@ def test_targets_compare_each_frameworks_fastest_setup():
     curves = [dict(row("hpcfed-2r", 3.0), acc_curve=[[10, 0.80], [20, 0.85]]),
               dict(row("flower", 1.0), acc_curve=[[10, 0.79], [20, 0.88]])]
     assert "mean difference over rounds 10, 20: -1.00 points (max |·| 3.00)" in targets(curves)
+
+
+def _scaling_rows(alpha=2e-4, beta=8e-10, t_fixed=1.5, t_client=0.2, nbytes=106_000):
+    """Synthetic `benchmarks.scaling --run` rows: gloo all-reduce on 2 ranks and three rounds."""
+    rows = [{"mode": "allreduce", "ranks": 2, "cohort": 0, "bytes": b, "round_s": ring_allreduce_s(b, 2, alpha, beta),
+             "client_updates_per_s": 0.0} for b in (400, 40_000, 400_000, 4_000_000, 40_000_000)]
+    for mode, p, c in (("strong", 1, 16), ("strong", 2, 16), ("weak", 1, 8)):
+        s = round_time_s(p, c, t_client, nbytes, alpha, beta, t_fixed)
+        rows.append({"mode": mode, "ranks": p, "cohort": c, "bytes": nbytes, "round_s": s,
+                     "client_updates_per_s": c / s, "workload": "text-bitfit"})
+    return rows
+
+
+def test_projection_uses_only_measured_inputs_by_default():
+    from benchmarks.scaling import fit_and_plot, projection_markdown
+
+    rows = _scaling_rows()
+    fit = fit_and_plot(rows, None)
+    assert fit["proj_alpha_s"] == pytest.approx(2e-4, rel=1e-6)
+    assert fit["proj_beta_s_per_byte"] == pytest.approx(8e-10, rel=1e-6)
+    assert fit["projection_client_s"] == pytest.approx(0.2, rel=1e-6)
+    assert "measured here" in fit["projection_basis"] and "fitted to the measured rounds" in fit["projection_basis"]
+    md = projection_markdown(fit, [{"arch": "x", "method": "bias", "bytes": 4e5}], None)
+    # 8 ranks, 16 clients each: t_client·16 + ring all-reduce with the fitted α, β
+    t8 = 16 * 0.2 + ring_allreduce_s(4e5, 8, 2e-4, 8e-10)
+    assert f"{t8:.3g} (" in md and "measured here" in md
+    given = fit_and_plot(rows, None, collective="nccl", nccl_alpha_us=20, nccl_busbw_gbs=20, gpu_client_s=0.05)
+    assert given["proj_alpha_s"] == pytest.approx(2e-5) and given["proj_beta_s_per_byte"] == pytest.approx(5e-11)
+    assert given["projection_client_s"] == 0.05 and "not measured here" in given["projection_basis"]
+    with pytest.raises(ValueError, match="all-reduce rows"):
+        fit_and_plot([r for r in rows if r["mode"] != "allreduce"], None)
+    with pytest.raises(ValueError, match="collective"):
+        fit_and_plot(rows, None, collective="gloo")
