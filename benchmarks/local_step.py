@@ -14,7 +14,7 @@ setting below (best of ``--reps`` repetitions; every setting trains the same cli
 each in fp32 and with bf16 autocast (``fl.local.bf16``), and optionally packed + bf16 + ``torch.compile``.
 ``--profile OUT`` also runs one more repetition of "packed bf16" under ``torch.profiler`` and writes where the
 local step's time goes: ``OUT.txt`` (the profiler's table of the 40 ops with the most self CPU time) and
-``OUT.json`` (self CPU time summed by category: GEMM, attention, element-wise, casts/copies, optimizer,
+``OUT.json`` (self CPU time summed by category: dropout RNG, attention, GEMM, casts/copies, optimizer, element-wise,
 other; :func:`profile_categories`).
 Prints a markdown table (ms per step, real and computed tokens per step, speed-up over padded fp32); every
 ``--json`` row carries the hardware / versions record (:func:`benchmarks.throughput.hardware_record`). Needs
@@ -40,6 +40,7 @@ SETTINGS = [  # (label, config words)
 
 
 CATEGORIES = (  # (category, substrings of aten op names); first match wins, in this order
+    ("dropout RNG", ("aten::bernoulli", "aten::native_dropout", "aten::dropout")),
     ("attention", ("scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")),
     ("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
               "mkldnn", "onednn")),
@@ -47,7 +48,7 @@ CATEGORIES = (  # (category, substrings of aten op names); first match wins, in 
                       "aten::cat", "aten::index", "aten::gather", "aten::scatter", "aten::embedding")),
     ("optimizer", ("_foreach", "aten::addcdiv", "aten::addcmul", "aten::lerp", "aten::sqrt")),
     ("element-wise", ("aten::add", "aten::mul", "aten::sub", "aten::div", "aten::gelu", "aten::tanh",
-                      "aten::layer_norm", "aten::native_layer_norm", "aten::dropout", "aten::native_dropout",
+                      "aten::layer_norm", "aten::native_layer_norm",
                       "aten::where", "aten::masked", "aten::sum", "aten::mean", "aten::fill_", "aten::zero_",
                       "aten::neg", "aten::exp", "aten::pow", "aten::rsqrt", "aten::threshold")),
 )
@@ -60,9 +61,10 @@ def profile_categories(events) -> dict:
         events: ``prof.key_averages()`` of a ``torch.profiler.profile`` run (CPU activity).
 
     Returns:
-        ``{"total_ms": float, "categories": {name: {"ms": float, "share": float}}, "top": [...]}``: self CPU
-        milliseconds per category of :data:`CATEGORIES` (plus "other"; shares of the total sum to 1) and the
-        ten ops with the most self time (name, ms, calls). Self times do not overlap, so they add up.
+        ``{"total_ms": float, "categories": {name: {"ms": float, "share": float}}, "top": [...], "ops": [...]}``:
+        self CPU milliseconds per category of :data:`CATEGORIES` (plus "other"; shares of the total sum to 1),
+        the ten ops with the most self time, and every op (name, ms, calls; to re-bin later). Self times do not
+        overlap, so they add up.
     """
     cats: dict[str, float] = {name: 0.0 for name, _ in CATEGORIES}
     cats["other"] = 0.0
@@ -80,7 +82,8 @@ def profile_categories(events) -> dict:
     rows.sort(key=lambda r: -r[1])
     return {"total_ms": total,
             "categories": {k: {"ms": v, "share": v / total if total else 0.0} for k, v in cats.items()},
-            "top": [{"op": k, "ms": ms, "calls": n} for k, ms, n in rows[:10]]}
+            "top": [{"op": k, "ms": ms, "calls": n} for k, ms, n in rows[:10]],
+            "ops": [{"op": k, "ms": ms, "calls": n} for k, ms, n in rows]}
 
 
 def main(argv=None) -> int:

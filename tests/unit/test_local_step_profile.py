@@ -15,17 +15,18 @@ def test_profile_categories_sum_and_bins():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
             opt.zero_grad()
-            y = torch.nn.functional.gelu(lin(x))
+            y = torch.nn.functional.dropout(torch.nn.functional.gelu(lin(x)), 0.1)
             a = torch.softmax(y @ y.T, dim=-1)
             a.sum().backward()
             opt.step()
     s = profile_categories(prof.key_averages())
     cats = s["categories"]
-    assert set(cats) == {"attention", "gemm", "casts/copies", "optimizer", "element-wise", "other"}
+    assert set(cats) == {"dropout RNG", "attention", "gemm", "casts/copies", "optimizer", "element-wise", "other"}
     assert sum(v["share"] for v in cats.values()) == pytest.approx(1.0)
     assert sum(v["ms"] for v in cats.values()) == pytest.approx(s["total_ms"])
     assert cats["gemm"]["ms"] > 0 and cats["attention"]["ms"] > 0 and cats["optimizer"]["ms"] > 0
-    assert cats["element-wise"]["ms"] > 0
+    assert cats["element-wise"]["ms"] > 0 and cats["dropout RNG"]["ms"] > 0
+    assert sum(o["ms"] for o in s["ops"]) == pytest.approx(s["total_ms"])
     assert len(s["top"]) == 10 and s["top"][0]["ms"] >= s["top"][-1]["ms"]
 
 
