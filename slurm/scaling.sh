@@ -9,7 +9,8 @@
 # rank BASE_COHORT clients per round; strong scaling fixes the cohort at BASE_COHORT x the largest rank count.
 # Outputs: runs/bench/scaling-<jobid>.csv, runs/bench/scaling-<jobid>.png and the fitted alpha/beta/t_client
 # on stdout. Environment: BASE_COHORT (default 16), ROUNDS (default 4: round 1 is the warm-up),
-# NCCL_ALPHA_US / NCCL_BUSBW_GBS (projection parameters; take them from nccl-tests all_reduce_perf).
+# NCCL_ALPHA_US / NCCL_BUSBW_GBS (both set: the projection uses them, from nccl-tests all_reduce_perf; unset:
+# it uses the all-reduce measured by this sweep on this allocation's ranks).
 #SBATCH --job-name=hpcfed-scaling
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=4
@@ -55,6 +56,9 @@ command -v nvidia-smi >/dev/null 2>&1 && DEVICE=cuda
 "$PY" -m benchmarks.scaling --run --launcher "$LAUNCHER" --device "$DEVICE" --gpus-per-node "$GPN" \
   --ranks "${RANKS[@]}" --base-cohort "$BASE_COHORT" --rounds "$ROUNDS" --workload "$WORKLOAD" \
   --out "$OUT" "$@"
-"$PY" -m benchmarks.scaling --fit "$OUT" --plot "runs/bench/scaling-${TAG}.png" \
-  --nccl-alpha-us "${NCCL_ALPHA_US:-20}" --nccl-busbw-gbs "${NCCL_BUSBW_GBS:-20}"
+COLLECTIVE=(--collective measured)
+if [ -n "${NCCL_ALPHA_US:-}" ] && [ -n "${NCCL_BUSBW_GBS:-}" ]; then
+  COLLECTIVE=(--collective nccl --nccl-alpha-us "$NCCL_ALPHA_US" --nccl-busbw-gbs "$NCCL_BUSBW_GBS")
+fi
+"$PY" -m benchmarks.scaling --fit "$OUT" --plot "runs/bench/scaling-${TAG}.png" "${COLLECTIVE[@]}"
 echo "hpcfed scaling: wrote $OUT" >&2
