@@ -86,6 +86,19 @@ def profile_categories(events) -> dict:
             "ops": [{"op": k, "ms": ms, "calls": n} for k, ms, n in rows]}
 
 
+def write_profile(out: str, run, title: str) -> dict:
+    """Run ``run()`` once under ``torch.profiler`` (CPU), write ``out.txt`` (``title`` and the 40 ops with the
+    most self CPU time) and return :func:`profile_categories` of it (the caller adds context and writes JSON)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ev = prof.key_averages()
+    with open(f"{out}.txt", "w", encoding="utf-8") as fh:
+        fh.write(title + "\n" + ev.table(sort_by="self_cpu_time_total", row_limit=40))
+    return profile_categories(ev)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -139,17 +152,14 @@ def main(argv=None) -> int:
                 times.append(time.perf_counter() - t0)
         ms = 1e3 * min(times) / steps
         if a.profile and label == "packed bf16":
-            from torch.profiler import ProfilerActivity, profile
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            def one_repetition():
                 for i, d in enumerate(datas):
                     flat.data.copy_(theta0)
                     trainer.train(d, i)
-            ev = prof.key_averages()
-            with open(f"{a.profile}.txt", "w", encoding="utf-8") as fh:
-                fh.write(f"{workload}, {a.threads} thread(s), packed bf16, {len(datas)} clients x {c.steps} "
-                         f"steps (one repetition under the profiler)\n")
-                fh.write(ev.table(sort_by="self_cpu_time_total", row_limit=40))
-            summary = profile_categories(ev)
+
+            summary = write_profile(a.profile, one_repetition,
+                                    f"{workload}, {a.threads} thread(s), packed bf16, {len(datas)} clients x "
+                                    f"{c.steps} steps (one repetition under the profiler)")
             summary.update(workload=workload, threads=a.threads, steps=steps, setting=label,
                            untraced_ms_per_step=ms, hardware=hardware_record("cpu", cores_used=a.threads))
             with open(f"{a.profile}.json", "w", encoding="utf-8") as fh:

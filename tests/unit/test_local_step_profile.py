@@ -33,3 +33,13 @@ def test_profile_categories_sum_and_bins():
 def test_profile_categories_empty():
     s = profile_categories([])
     assert s["total_ms"] == 0 and all(v["share"] == 0 for v in s["categories"].values())
+
+
+def test_write_profile_writes_the_table_and_returns_the_categories(tmp_path):
+    from benchmarks.local_step import write_profile
+
+    lin = torch.nn.Linear(32, 32)
+    s = write_profile(str(tmp_path / "p"), lambda: lin(torch.randn(8, 32)).sum().backward(), "a title")
+    text = (tmp_path / "p.txt").read_text()
+    assert text.startswith("a title\n") and "aten::addmm" in text
+    assert s["categories"]["gemm"]["ms"] > 0
