@@ -262,6 +262,11 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     assert [(c.a, c.b, c.direction) for c in claims.claims] == [
         ("method-lora", "method-bias", "greater"), ("method-bias", "method-head", "greater"),
         ("method-lora", "method-head", "greater")]
+    epochs = studies["fedyolo_epochs"]  # local work in epochs (steps null); every round evaluated (rounds_to_target)
+    assert {(c.labels["model"], c.cfg.fl.local.epochs) for c in epochs.main_cells} == {
+        (m, e) for m in ("minilm", "mpnet") for e in (1, 4)}
+    assert all(c.cfg.fl.local.steps is None and c.cfg.eval.every_rounds == 1 for c in epochs.cells)
+    assert epochs.target_acc == 0.75 and len(epochs.cells) == 24
     for s in studies.values():
         ids = [c.id for c in s.cells]
         assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
