@@ -267,6 +267,10 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
         (m, e) for m in ("minilm", "mpnet") for e in (1, 4)}
     assert all(c.cfg.fl.local.steps is None and c.cfg.eval.every_rounds == 1 for c in epochs.cells)
     assert epochs.target_acc == 0.75 and len(epochs.cells) == 24
+    pft = studies["fedpft_mpnet"]  # the MiniLM arms on MPNet: its own projection names, its assembled folder
+    assert len(pft.cells) == 12 and all(
+        c.cfg.model.path.endswith("all-mpnet-base-v2") and list(c.cfg.peft.lora_target_modules) == ["q", "k", "v", "o"]
+        for c in pft.cells)
     for s in studies.values():
         ids = [c.id for c in s.cells]
         assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
