@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Submit a study (configs/study/*.yaml) to Slurm: one array task per cell. Run it on the login node:
+#
+#   slurm/study.sh configs/study/fedtune_grid.yaml
+#   slurm/study.sh configs/study/fedtune_mpnet.yaml --parallel 4 --time 02:00:00 -- --partition=cpu --account=me
+#   slurm/study.sh configs/study/fedyolo_epochs.yaml --dry-run          # print the sbatch commands only
+#
+# It submits, each only if it has cells left to run:
+#   1. the lr-sweep cells that are not complete, as one array (slurm/study_cell.sh, --ntasks = the study's ranks);
+#   2. the main cells that are not complete, as a second array that starts when the first has ended (afterany: a
+#      failed sweep value is skipped, docs/study.md), at most --parallel tasks at once (default 8);
+#   3. one job that rebuilds the tables and plots (python -m hpcfed.study report) when the main array has ended.
+# Complete cells are left out, so running the script again resumes a study. Options after `--` go to every sbatch.
+# Prepare the data shards first (docs/study.md, "Running a subset, and Slurm arrays"): a cell builds missing shards
+# itself, and many tasks starting at once would each build the same ones.
+set -euo pipefail
+
+usage() { echo "usage: slurm/study.sh STUDY.yaml [--parallel N] [--time HH:MM:SS] [--dry-run] [-- sbatch options]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+STUDY=$1; shift
+PARALLEL=8 TIME=01:00:00 DRY=0 EXTRA=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --parallel) [ $# -ge 2 ] || usage; PARALLEL=$2; shift 2 ;;
+    --time) [ $# -ge 2 ] || usage; TIME=$2; shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) usage ;;
+  esac
+done
+case $PARALLEL in ''|*[!0-9]*|0) echo "error: --parallel $PARALLEL: must be a positive integer" >&2; exit 2 ;; esac
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PY=${HPCFED_PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+
+# The study's ranks and, per kind, the indices of the cells that are not complete, as Slurm array ranges.
+PLAN=$("$PY" - "$STUDY" <<'EOF'
+import sys
+from hpcfed.study.errors import StudyError
+from hpcfed.study.spec import load_study
+from hpcfed.study.outputs import collect
+
+def ranges(ix):
+    out, i = [], 0
+    while i < len(ix):
+        j = i
+        while j + 1 < len(ix) and ix[j + 1] == ix[j] + 1:
+            j += 1
+        out.append(str(ix[i]) if i == j else f"{ix[i]}-{ix[j]}")
+        i = j + 1
+    return ",".join(out)
+
+try:
+    study = load_study(sys.argv[1])
+except StudyError as e:
+    sys.exit(f"error: {e}")
+todo = {"sweep": [], "main": []}
+for i, c in enumerate(study.cells):
+    if collect(study, c)[0]["status"] != "done":
+        todo[c.kind].append(i)
+print(study.ranks, ranges(todo["sweep"]) or "-", ranges(todo["main"]) or "-")
+EOF
+)
+read -r RANKS SWEEP MAIN <<<"$PLAN"
+
+submit() {  # prints the job id (the command, with --dry-run)
+  if [ "$DRY" = 1 ]; then echo "sbatch $*" >&2; echo "DRYRUN"; else sbatch --parsable "$@" | cut -d';' -f1; fi
+}
+CELL=(--ntasks="$RANKS" --time="$TIME" ${EXTRA[@]+"${EXTRA[@]}"})
+DEP=()
+if [ "$SWEEP" != - ]; then
+  sweep=$(submit "${CELL[@]}" --array="$SWEEP%$PARALLEL" slurm/study_cell.sh "$STUDY")
+  echo "hpcfed: $STUDY: lr-sweep cells $SWEEP: job $sweep" >&2
+  DEP=(--dependency=afterany:"$sweep")
+fi
+if [ "$MAIN" != - ]; then
+  main=$(submit "${CELL[@]}" ${DEP[@]+"${DEP[@]}"} --array="$MAIN%$PARALLEL" slurm/study_cell.sh "$STUDY")
+  echo "hpcfed: $STUDY: main cells $MAIN: job $main" >&2
+  DEP=(--dependency=afterany:"$main")
+fi
+if [ "$SWEEP$MAIN" = -- ]; then
+  echo "hpcfed: $STUDY: every cell is complete; nothing submitted (tables: $PY -m hpcfed.study report $STUDY)" >&2
+  exit 0
+fi
+report=$(submit --ntasks=1 --time=00:15:00 ${EXTRA[@]+"${EXTRA[@]}"} ${DEP[@]+"${DEP[@]}"} --job-name=hpcfed-report \
+  --output="slurm-%x-%j.out" --wrap "$PY -m hpcfed.study report $STUDY")
+echo "hpcfed: $STUDY: report: job $report" >&2
