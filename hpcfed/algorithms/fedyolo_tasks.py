@@ -124,6 +124,10 @@ class MultiTaskClientData:
 class MultiTaskDataset:
     """The loop's view of T task datasets with the same N clients (``loop.dataset`` / ``loop.clients``).
 
+    Keeps every (client, task) it has loaded (no eviction: N × T clients' data in memory at most); ``hits`` and
+    ``misses`` (= shard loads) count like :class:`hpcfed.fl.loop.ClientCache`'s, per (client, task), so a
+    round's ``client_loads`` / ``client_cache_hits`` count task datasets, not clients.
+
     Args:
         datasets: one ``ShardedDataset`` per task, all with ``num_clients`` = N.
         held: per client, the task ids it holds (see :func:`assign_tasks`).
@@ -142,6 +146,7 @@ class MultiTaskDataset:
         self.num_classes = datasets[0].num_classes
         self.class_names = datasets[0].class_names
         self._cache: dict[tuple[int, int], ClientData] = {}
+        self.hits = self.misses = 0  # (client, task) loads from the shards / served from memory, as ClientCache
 
     def tasks_of(self, cid: int) -> list[int]:
         """Tasks client ``cid`` trains this round (held ∩ active)."""
@@ -153,7 +158,10 @@ class MultiTaskDataset:
 
     def task_data(self, cid: int, t: int) -> ClientData:
         key = (cid, t)
-        if key not in self._cache:
+        if key in self._cache:
+            self.hits += 1
+        else:
+            self.misses += 1
             self._cache[key] = self.datasets[t].load_client(cid)
         return self._cache[key]
 

@@ -232,3 +232,16 @@ def test_demo_summary_hand_case():
     assert s["seq"]["bytes_total"] == 200 and s["seq"]["ratio_full_over_run"] == 100.0
     assert s["seq"]["acc_task0_after_phase1"] == 0.75 and s["seq"]["acc_task0_end"] == 0.5
     assert "| seq | 75.0 | 50.0 | 90.0 |" in table and "100×" in table
+
+
+def test_round_counts_task_loads_and_hits(toy_text):
+    """The multi-task view counts like the loop's ClientCache, per (client, task): round 1 loads every held task
+    of every cohort client from the shards, round 2 serves the same ones from memory."""
+    loop = _loop(toy_text, "peft.method=lora", "fl.rounds=2", "fl.cohort_size=6", "fl.algo.task_share=0.75",
+                 "fl.algo.assign_seed=1")
+    held = loop.algorithm.held
+    r1 = loop.run_round(1)
+    assert r1["clients"] == len(held) == 6  # every client every round
+    assert (r1["client_loads"], r1["client_cache_hits"]) == (sum(len(h) for h in held), 0)
+    r2 = loop.run_round(2)
+    assert (r2["client_loads"], r2["client_cache_hits"]) == (0, sum(len(h) for h in held))
