@@ -26,18 +26,7 @@ CONFIG=${1:-configs/sst2_minilm_bitfit.yaml}
 [ $# -gt 0 ] && shift
 cd "${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 
-PY=${HPCFED_PYTHON:-}
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
-export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}
-# Hub access: offline (HF cache only) unless HPCFED_ALLOW_DOWNLOAD=1 is exported at submission; an
-# HF_HUB_OFFLINE already in the environment is kept. Downloads also need model.allow_download=true in the config
-# (hpcfed.main sets HF_HUB_OFFLINE=1 itself when that key is false). Compute nodes often have no network:
-# fill the cache on a login node first (docs/models.md, "Hub models").
-if [ "${HPCFED_ALLOW_DOWNLOAD:-0}" != 1 ]; then
-  export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
-fi
+source slurm/env.sh   # PY, OMP_NUM_THREADS, offline hub access
 
 NTASKS=${SLURM_NTASKS:-$(( ${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}} * ${SLURM_NTASKS_PER_NODE:-1} ))}
 echo "hpcfed: job ${SLURM_JOB_ID:-none}, ${NTASKS} ranks, config ${CONFIG}" >&2

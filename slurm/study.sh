@@ -31,10 +31,7 @@ done
 case $PARALLEL in ''|*[!0-9]*|0) echo "error: --parallel $PARALLEL: must be a positive integer" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-PY=${HPCFED_PYTHON:-}
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
+source slurm/env.sh   # PY
 
 # The study's ranks and, per kind, the indices of the cells that are not complete, as Slurm array ranges.
 PLAN=$("$PY" - "$STUDY" <<'EOF'

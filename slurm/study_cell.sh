@@ -18,12 +18,5 @@ shift
 : "${SLURM_ARRAY_TASK_ID:?not an array task: submit with sbatch --array=... (slurm/study.sh does)}"
 cd "${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 
-PY=${HPCFED_PYTHON:-}
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-fi
-export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}
-if [ "${HPCFED_ALLOW_DOWNLOAD:-0}" != 1 ]; then
-  export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
-fi
+source slurm/env.sh   # PY, OMP_NUM_THREADS, offline hub access
 exec "$PY" -m hpcfed.study run "$STUDY" "$@" --cells "$SLURM_ARRAY_TASK_ID"
