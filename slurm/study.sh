@@ -37,10 +37,11 @@ source slurm/env.sh   # PY
 PLAN=$("$PY" - "$STUDY" <<'EOF'
 import sys
 from hpcfed.study.errors import StudyError
-from hpcfed.study.spec import load_study
 from hpcfed.study.outputs import collect
+from hpcfed.study.spec import load_study
+from hpcfed.study.sweep import resolve_sweeps
 
-def ranges(ix):
+def ranges(ix):  # [0, 1, 2, 5] -> "0-2,5" (cli._ranges prints only first-last)
     out, i = [], 0
     while i < len(ix):
         j = i
@@ -52,6 +53,7 @@ def ranges(ix):
 
 try:
     study = load_study(sys.argv[1])
+    resolve_sweeps(study)  # main cells carry their picked lr, so a finished one matches its config hash
 except StudyError as e:
     sys.exit(f"error: {e}")
 todo = {"sweep": [], "main": []}
