@@ -93,3 +93,39 @@ def test_cell_script_runs_the_array_tasks_cell(tmp_path):
 
     r = subprocess.run(["bash", str(CELL), str(study)], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "not an array task" in r.stderr
+
+
+def finish(study, cell, acc: float) -> None:
+    """Write the outputs of a finished federated cell (what is_complete reads) without training it."""
+    from hpcfed.study.outputs import run_dir
+
+    d = run_dir(study, cell)
+    (d / "final").mkdir(parents=True, exist_ok=True)
+    (d / "run_info.json").write_text(f'{{"config_hash": "{cell.config_hash()}"}}\n')
+    (d / "metrics.jsonl").write_text(f'{{"round": {cell.cfg.fl.rounds}, "test_acc": {acc}}}\n')
+
+
+def test_resumes_with_finished_sweeps_and_a_finished_swept_main_cell(tmp_path):
+    """A main cell run with its arm's picked lr is complete: only the other main cells are submitted, with no
+    sweep array and no dependency on one (before 3926746 every swept main cell looked unfinished)."""
+    from hpcfed.study.spec import load_study
+    from hpcfed.study.sweep import resolve_sweeps
+
+    path = write_study(tmp_path)
+    study = load_study(path)
+    key = study.sweeps[0].key
+    for c in study.cells:
+        if c.kind == "sweep":  # the larger lr wins in both arms
+            finish(study, c, 0.6 + 50 * c.labels[key])
+    resolve_sweeps(study)
+    assert set(study.chosen.values()) == {3.0e-3}
+    first_main = next(i for i, c in enumerate(study.cells) if c.kind == "main")
+    finish(study, study.cells[first_main], 0.8)
+
+    env, log = fake_sbatch(tmp_path)
+    r = subprocess.run(["bash", str(SUBMIT), str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    main, report = calls(log)
+    assert f"--array={first_main + 1}-9%8" in main and not any(a.startswith("--dependency") for a in main)
+    assert "--dependency=afterany:101" in report
+    assert "lr-sweep" not in r.stderr
