@@ -18,6 +18,7 @@ share inputs but not labels, which is what "unrelated tasks on one backbone" nee
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -124,29 +125,34 @@ class MultiTaskClientData:
 class MultiTaskDataset:
     """The loop's view of T task datasets with the same N clients (``loop.dataset`` / ``loop.clients``).
 
-    Keeps every (client, task) it has loaded (no eviction: N × T clients' data in memory at most); ``hits`` and
-    ``misses`` (= shard loads) count like :class:`hpcfed.fl.loop.ClientCache`'s, per (client, task), so a
-    round's ``client_loads`` / ``client_cache_hits`` count task datasets, not clients.
+    Keeps the ``max_entries`` (client, task) datasets it used last and evicts the least recently used beyond that,
+    as :class:`hpcfed.fl.loop.ClientCache` does with clients (same default, 256), so memory stays bounded at
+    thousands of clients. ``hits``, ``misses`` (= shard loads) and ``evictions`` count like ClientCache's, per
+    (client, task), so a round's ``client_loads`` / ``client_cache_hits`` count task datasets, not clients.
 
     Args:
         datasets: one ``ShardedDataset`` per task, all with ``num_clients`` = N.
         held: per client, the task ids it holds (see :func:`assign_tasks`).
         active: callable returning the set of task ids trained in the current round.
+        max_entries: (client, task) datasets kept in memory (≥ 1).
 
     Raises:
-        ValueError: the datasets disagree on N, or ``held`` has another length.
+        ValueError: the datasets disagree on N, ``held`` has another length, or ``max_entries`` < 1.
     """
 
-    def __init__(self, datasets: list, held: list[list[int]], active):
+    def __init__(self, datasets: list, held: list[list[int]], active, max_entries: int = 256):
         ns = {d.num_clients for d in datasets}
         if len(ns) != 1 or len(held) != datasets[0].num_clients:
             raise ValueError(f"tasks have client counts {sorted(ns)}, assignment has {len(held)} clients")
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.datasets, self.held, self.active = datasets, held, active
         self.num_clients = datasets[0].num_clients
         self.num_classes = datasets[0].num_classes
         self.class_names = datasets[0].class_names
-        self._cache: dict[tuple[int, int], ClientData] = {}
-        self.hits = self.misses = 0  # (client, task) loads from the shards / served from memory, as ClientCache
+        self.max_entries = max_entries
+        self._cache: OrderedDict[tuple[int, int], ClientData] = OrderedDict()
+        self.hits = self.misses = self.evictions = 0  # per (client, task), as ClientCache
 
     def tasks_of(self, cid: int) -> list[int]:
         """Tasks client ``cid`` trains this round (held ∩ active)."""
@@ -157,13 +163,18 @@ class MultiTaskDataset:
         return sum(self.datasets[t].client_num_samples(cid) for t in self.tasks_of(cid))
 
     def task_data(self, cid: int, t: int) -> ClientData:
+        """Client ``cid``'s examples of task ``t`` (from memory, else loaded from the task's shards)."""
         key = (cid, t)
         if key in self._cache:
+            self._cache.move_to_end(key)
             self.hits += 1
-        else:
-            self.misses += 1
-            self._cache[key] = self.datasets[t].load_client(cid)
-        return self._cache[key]
+            return self._cache[key]
+        self.misses += 1
+        data = self._cache[key] = self.datasets[t].load_client(cid)
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+            self.evictions += 1
+        return data
 
     def load_client(self, cid: int) -> MultiTaskClientData:
         return MultiTaskClientData({t: self.task_data(cid, t) for t in self.tasks_of(cid)})

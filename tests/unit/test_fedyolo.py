@@ -245,3 +245,29 @@ def test_round_counts_task_loads_and_hits(toy_text):
     assert (r1["client_loads"], r1["client_cache_hits"]) == (sum(len(h) for h in held), 0)
     r2 = loop.run_round(2)
     assert (r2["client_loads"], r2["client_cache_hits"]) == (0, sum(len(h) for h in held))
+
+
+def test_multitask_view_evicts_least_recently_used_task_data():
+    """Memory is bounded: past max_entries the (client, task) used longest ago is dropped and loaded again."""
+    from hpcfed.algorithms.fedyolo_tasks import MultiTaskDataset
+
+    class Shards:  # a task's shards: counts loads, returns a distinct object per load
+        def __init__(self, t):
+            self.t, self.num_clients, self.num_classes, self.class_names, self.loads = t, 3, 2, ["a", "b"], []
+
+        def load_client(self, cid):
+            self.loads.append(cid)
+            return [(self.t, cid)] * (cid + 1)
+
+    tasks = [Shards(0), Shards(1)]
+    view = MultiTaskDataset(tasks, [[0, 1], [0], [1]], lambda: {0, 1}, max_entries=2)
+    assert set(view.get(0).parts) == {0, 1} and (view.misses, view.evictions) == (2, 0)
+    view.task_data(0, 0)  # (0, 0) is now the most recently used
+    view.get(1)  # loads (1, 0): evicts (0, 1), not (0, 0)
+    assert (view.hits, view.misses, view.evictions) == (1, 3, 1)
+    view.task_data(0, 0)
+    view.task_data(0, 1)  # evicted: loaded again
+    assert tasks[1].loads == [0, 0] and tasks[0].loads == [0, 1]
+    assert len(view._cache) == 2
+    with pytest.raises(ValueError, match="max_entries"):
+        MultiTaskDataset(tasks, [[0], [0], [1]], lambda: {0}, max_entries=0)
