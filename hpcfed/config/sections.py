@@ -112,6 +112,11 @@ class PeftConfig:
     lora_dropout: float = 0.0
     lora_target_modules: Optional[list[str]] = None
     """Module names for LoRA; null picks the attention projections of the backbone family."""
+    lora_freeze_a: bool = False
+    """FFA-LoRA (Sun, Li, Li, Ding, "Improving LoRA in Privacy-preserving Federated Learning", ICLR 2024): the
+    A matrices keep their seeded random init (the same on every client) and only B (and the head) train and are
+    averaged, so the average of the clients' B A products is the product of the averages (FedAvg of both
+    factors is not); halves LoRA's bytes per round."""
     config: dict[str, Any] = field(default_factory=dict)
     """method=peft: a Hugging Face peft config as a mapping, passed to ``peft.get_peft_config``, e.g.
     ``{peft_type: IA3, target_modules: [key, value, output.dense], feedforward_modules: [output.dense]}``,

@@ -60,7 +60,10 @@ def lora(model: nn.Module, cfg: PeftConfig) -> list[str]:
     a ``peft.PeftModel`` (so ``save_pretrained`` exports it); targets default to the attention's input
     projections: query/value for BERT-like encoders, qkv for timm ViT, and for open_clip the fused q/k/v
     projection ``attn.in_proj_weight`` of each block (peft ``target_parameters``; needs lora_dropout=0).
-    ``peft.lora_target_modules`` overrides the default with module names.
+    ``peft.lora_target_modules`` overrides the default with module names. ``peft.lora_freeze_a``: FFA-LoRA
+    (Sun et al., ICLR 2024: W x + (α/r) B A₀ x with A₀ fixed): A stays at its seeded init (the model is built
+    after ``torch.manual_seed(cfg.seed)``: the same A on every rank and client) and only B trains, so FedAvg
+    of the B's is exact for B A.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -88,7 +91,8 @@ def lora(model: nn.Module, cfg: PeftConfig) -> list[str]:
         raise ConfigError(f"peft.lora_target_modules={targets}: names an nn.MultiheadAttention, whose peft LoRA "
                           "changes the frozen weights by rounding; leave it null for open_clip")
     model.backbone = wrapped
-    return [n for n, _ in model.named_parameters() if is_head(n) or "lora_" in n]
+    return [n for n, _ in model.named_parameters()
+            if is_head(n) or ("lora_" in n and not (cfg.lora_freeze_a and "lora_A" in n))]
 
 
 # Keys of a peft config that hpcfed sets itself: the backbone is wrapped as a plain encoder (its head is hpcfed's),

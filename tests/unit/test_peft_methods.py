@@ -18,7 +18,8 @@ METHODS = ("bias", "lora", "adapter", "prompt", "head", "full")
 # One row per method x family (default variants), plus the other variants of adapter and prompt.
 CASES = [(m, f, ()) for m in METHODS for f in FAMILIES] + [
     ("adapter", f, ("peft.adapter_variant=parallel",)) for f in FAMILIES] + [
-    ("prompt", f, ("peft.prompt_depth=deep",)) for f in ("timm_vit", "open_clip")]
+    ("prompt", f, ("peft.prompt_depth=deep",)) for f in ("timm_vit", "open_clip")] + [
+    ("lora", "hf_text", ("peft.lora_freeze_a=true",))]
 IDS = [f"{m}-{f}" + ("-" + x[0].split("=")[1] if x else "") for m, f, x in CASES]
 # Methods whose backbone becomes a peft.PeftModel (exported with save_pretrained).
 PEFT_LIBRARY = {("lora", "hf_text"), ("lora", "timm_vit"), ("lora", "open_clip"), ("prompt", "hf_text")}
@@ -78,6 +79,24 @@ def test_only_method_params_change_and_loss_drops(method, family, extra):
         assert len(frozen_before) > 0
     if method != "head":
         assert len(flat.names) > 2  # the method adds or unfreezes something besides the head
+
+
+def test_lora_freeze_a_trains_only_b():
+    """FFA-LoRA: the A matrices leave the flat buffer (half of LoRA's parameters besides the head), keep their
+    seeded init, and are the same in two builds with the same seed (so every rank and client shares them)."""
+    _, _, plain = _setup("lora", "hf_text")
+    cfg, model, flat = _setup("lora", "hf_text", ("peft.lora_freeze_a=true",))
+    assert not any("lora_A" in n for n in flat.names) and any("lora_B" in n for n in flat.names)
+    head = {n for n in flat.names if n.startswith("head.")}
+    a_numel = sum(p.numel() for n, p in model.named_parameters() if "lora_A" in n)
+    assert a_numel > 0 and flat.numel == plain.numel - a_numel
+    a0 = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu")).train(toy_client_data("hf_text"), seed=1)
+    assert all(torch.equal(p, a0[n]) for n, p in model.named_parameters() if "lora_A" in n)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B moved off zero
+    _, again, _ = _setup("lora", "hf_text", ("peft.lora_freeze_a=true",))
+    assert all(torch.equal(p, a0[n]) for n, p in again.named_parameters() if "lora_A" in n)
+    assert len(head) == 2
 
 
 IDENTITY = [(m, f, x) for m, f, x in CASES if m in ("lora", "adapter")]
