@@ -114,7 +114,7 @@ HASH_NEUTRAL_DEFAULTS = (
     ("peft", "config", {}), ("data", "format", "auto"), ("data", "header", True), ("data", "text_columns", None),
     ("data", "image_column", "image"), ("data", "client_column", None), ("data", "quantity_skew", "none"),
     ("model", "name", None), ("model", "resample", False), ("fl", "sampling", "fixed"),
-    ("fl", "aggregator", "fedavg"), ("fl", "aggregator_params", {}),
+    ("fl", "aggregator", "fedavg"), ("fl", "aggregator_params", {}), ("peft", "lora_freeze_a", False),
 )
 """(section, key, default) of keys that :meth:`Config.hash` leaves out while at their default: added after
 checkpoints and study cells existed, they must not invalidate them. ``section`` may be dotted (``fl.local``)."""

@@ -40,15 +40,47 @@ def read_json(path: Path) -> Optional[dict]:
     return d if isinstance(d, dict) else None
 
 
+def _config_yaml_hash(path: Path) -> Optional[str]:
+    from hpcfed.config import ConfigError, load_config
+
+    try:
+        return load_config([f"config={path}"]).hash()
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+_yaml_hashes: dict[tuple[str, int], Optional[str]] = {}
+
+
+def ran_with_config(cell: Cell, d: Path, recorded_hash: Optional[str]) -> bool:
+    """The run in ``d`` was made with ``cell``'s config: its recorded hash (``run_info.json``) is the cell's, or
+    its ``config.yaml`` (the effective config), read with today's schema, hashes to the cell's.
+
+    The second test keeps a finished run valid when a config key was added after it ran and its default leaves the
+    result unchanged but :data:`hpcfed.config.load.HASH_NEUTRAL_DEFAULTS` does not list it yet (the run recorded a
+    hash with or without the key); a changed value of an existing key still differs, as its old value is in the
+    file."""
+    if recorded_hash is not None and recorded_hash == cell.config_hash():
+        return True
+    path = d / "config.yaml"
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return False
+    if key not in _yaml_hashes:
+        _yaml_hashes[key] = _config_yaml_hash(path)
+    return _yaml_hashes[key] == cell.config_hash()
+
+
 def is_complete(study: Study, cell: Cell) -> bool:
-    """The cell's outputs are there and were written by this cell's config (same hash): federated and
+    """The cell's outputs are there and were written by this cell's config (:func:`ran_with_config`): federated and
     centralized: ``metrics.jsonl`` reaches ``fl.rounds`` and ``final/`` exists; local_only:
     ``local_only.json`` exists. A blocked cell (its arm's sweep unresolved) is never complete."""
     if cell.blocked:
         return False
     d = run_dir(study, cell)
     info = read_json(d / "run_info.json")
-    if info is None or info.get("config_hash") != cell.config_hash():
+    if info is None or not ran_with_config(cell, d, info.get("config_hash")):
         return False
     if cell.cfg.fl.mode == "local_only":
         return (d / "local_only.json").is_file()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hpcfed.study.errors import StudyError
-from hpcfed.study.outputs import LOG_FILE, RECORD_FILE, atomic_write, collect, is_complete, run_dir
+from hpcfed.study.outputs import LOG_FILE, RECORD_FILE, atomic_write, collect, is_complete, ran_with_config, run_dir
 from hpcfed.study.report import report, write_table
 from hpcfed.study.spec import Cell, Study, cell_argv
 from hpcfed.study.sweep import resolve_sweeps
@@ -102,7 +102,7 @@ def set_aside_superseded(study: Study, cell: Cell) -> Optional[Path]:
         old = json.loads((d / "run_info.json").read_text()).get("config_hash")
     except (OSError, ValueError, AttributeError):
         return None
-    if not old or old == cell.config_hash():
+    if not old or ran_with_config(cell, d, old):
         return None
     dest = Path(study.out_dir) / SUPERSEDED_DIR / f"{d.name}-{old}"
     n = 1

@@ -126,6 +126,9 @@ LEGACY_HASH_KEYS = {
     # are left out while at 'fixed' / while DP is off / at 'fedavg' and {} / while no attack is active
     "fl": ["algo", "algorithm", "cohort_size", "inject_failure_rate", "local", "local_only_holdout",
            "max_failed_clients_per_round", "max_update_norm", "mode", "server_opt", "weighting"],
+    # peft.lora_freeze_a (FFA-LoRA) is left out while false
+    "peft": ["adapter_reduction_factor", "adapter_variant", "lora_alpha", "lora_dropout", "lora_rank",
+             "lora_target_modules", "method", "prompt_depth", "prompt_length"],
 }
 
 
@@ -133,17 +136,18 @@ def test_hash_ignores_new_keys_at_their_defaults():
     cfg = load_config([])
     payload = cfg.hash_payload()
     assert {k: sorted(payload[k]) for k in LEGACY_HASH_KEYS} == LEGACY_HASH_KEYS
-    assert sorted(payload) == ["data", "fl", "model", "peft", "seed"] and "config" not in payload["peft"]
+    assert sorted(payload) == ["data", "fl", "model", "peft", "seed"]
     assert (payload["model"]["img_size"], payload["model"]["patch_size"]) == (32, 4)  # null = the old 32 / 4
     for words in (["plugins=[json]"], ["data.allow_download=true"], ["logging.report_to=[csv]"],
                   ["checkpoint.export_model=false"], ["eval.warn_loss_rise_rounds=0"], ["fl.sampling=fixed"],
                   ["fl.dp.clip_norm=3", "fl.dp.adaptive_clip=true"],  # DP off: its other keys change nothing
-                  ["fl.aggregator=fedavg"], ["fl.attack.kind=scale", "fl.attack.fraction=0"]):  # no attack
+                  ["fl.aggregator=fedavg"], ["fl.attack.kind=scale", "fl.attack.fraction=0"],  # no attack
+                  ["peft.lora_freeze_a=false"]):
         assert load_config(words).hash() == cfg.hash(), words
     for words in (["data.header=false", "data.label_column=0", "data.text_column=1"], ["model.resample=true"],
                   ["data.partition=iid", "data.quantity_skew=lognormal"], ["fl.sampling=poisson"],
                   ["fl.dp.enabled=true", "fl.dp.noise_multiplier=1"], ["fl.aggregator=median"],
-                  ["fl.attack.kind=sign_flip", "fl.attack.fraction=0.2"]):
+                  ["fl.attack.kind=sign_flip", "fl.attack.fraction=0.2"], ["peft.lora_freeze_a=true"]):
         assert load_config(words).hash() != cfg.hash(), words
     assert load_config({"peft": {"config": {"peft_type": "IA3"}}}).hash() != cfg.hash()
 
