@@ -7,6 +7,7 @@ Shared by :mod:`hpcfed.study.runner` (skip complete cells, record each attempt),
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -40,16 +41,15 @@ def read_json(path: Path) -> Optional[dict]:
     return d if isinstance(d, dict) else None
 
 
-def _config_yaml_hash(path: Path) -> Optional[str]:
+@functools.lru_cache(maxsize=None)
+def _config_yaml_hash(path: str, mtime_ns: int) -> Optional[str]:
+    """The hash of a run's config.yaml as today's schema reads it (cached per file version), None if unreadable."""
     from hpcfed.config import ConfigError, load_config
 
     try:
         return load_config([f"config={path}"]).hash()
     except (ConfigError, OSError, ValueError):
         return None
-
-
-_yaml_hashes: dict[tuple[str, int], Optional[str]] = {}
 
 
 def ran_with_config(cell: Cell, d: Path, recorded_hash: Optional[str]) -> bool:
@@ -64,12 +64,10 @@ def ran_with_config(cell: Cell, d: Path, recorded_hash: Optional[str]) -> bool:
         return True
     path = d / "config.yaml"
     try:
-        key = (str(path), path.stat().st_mtime_ns)
+        mtime_ns = path.stat().st_mtime_ns
     except OSError:
         return False
-    if key not in _yaml_hashes:
-        _yaml_hashes[key] = _config_yaml_hash(path)
-    return _yaml_hashes[key] == cell.config_hash()
+    return _config_yaml_hash(str(path), mtime_ns) == cell.config_hash()
 
 
 def is_complete(study: Study, cell: Cell) -> bool:
