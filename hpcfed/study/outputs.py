@@ -23,6 +23,8 @@ RECORD_FILE = "study_cell.json"
 """Per-cell record of the study's last attempt (status, exit code, wall time, error, command)."""
 LOG_FILE = "study.log"
 """Per-cell output of every attempt (appended)."""
+SUPERSEDED_DIR = ".superseded"
+"""Under the study's out_dir: earlier outputs of cells whose config has since changed (``<cell>-<old hash>/``)."""
 SWEEP_FILE = "lr_sweep.json"
 """In the study folder: per swept arm, the sweep's settings, each value's score and the value picked."""
 
@@ -76,7 +78,11 @@ def is_complete(study: Study, cell: Cell) -> bool:
     ``local_only.json`` exists. A blocked cell (its arm's sweep unresolved) is never complete."""
     if cell.blocked:
         return False
-    d = run_dir(study, cell)
+    return complete_in(cell, run_dir(study, cell))
+
+
+def complete_in(cell: Cell, d: Path) -> bool:
+    """:func:`is_complete` for the run folder ``d`` (the cell's own, or another study's, for reuse)."""
     info = read_json(d / "run_info.json")
     if info is None or not ran_with_config(cell, d, info.get("config_hash")):
         return False

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hpcfed.study.errors import StudyError
-from hpcfed.study.outputs import LOG_FILE, RECORD_FILE, atomic_write, collect, is_complete, ran_with_config, run_dir
+from hpcfed.study.outputs import (LOG_FILE, RECORD_FILE, SUPERSEDED_DIR, atomic_write, collect, complete_in, is_complete,
+                                  ran_with_config, read_json, run_dir)
 from hpcfed.study.report import report, write_table
 from hpcfed.study.spec import Cell, Study, cell_argv
 from hpcfed.study.sweep import resolve_sweeps
@@ -88,8 +89,6 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-SUPERSEDED_DIR = ".superseded"
-"""Under the study's out_dir: earlier outputs of cells whose config has since changed (``<cell>-<old hash>/``)."""
 
 
 def set_aside_superseded(study: Study, cell: Cell) -> Optional[Path]:
@@ -114,6 +113,55 @@ def set_aside_superseded(study: Study, cell: Cell) -> Optional[Path]:
     log.info("%s: its config changed (hash %s -> %s): the earlier run moved to %s", cell.id, old,
              cell.config_hash(), dest)
     return dest
+
+
+def find_reusable(study: Study, cell: Cell) -> Optional[Path]:
+    """A finished run of ``cell``'s config in one of ``study.reuse_from``'s folders (another study's cell folder
+    whose ``run_info.json`` hash is the cell's and whose outputs are complete), or None. The config hash leaves
+    out names and output folders (:meth:`hpcfed.config.Config.hash`), so a cell of another study with the same
+    data, model, PEFT and FL settings is the same training run."""
+    want = cell.config_hash()
+    for root in study.reuse_from:
+        if Path(root).resolve() == Path(study.out_dir).resolve() or not Path(root).is_dir():
+            continue
+        for d in sorted(Path(root).iterdir()):
+            if d.name == SUPERSEDED_DIR or not d.is_dir():
+                continue
+            info = read_json(d / "run_info.json")
+            if info is not None and info.get("config_hash") == want and complete_in(cell, d):
+                return d
+    return None
+
+
+def adopt_reusable(study: Study, cell: Cell) -> Optional[Path]:
+    """Copy a finished run of ``cell``'s config from another study (:func:`find_reusable`) into the cell's folder
+    instead of running it; returns the source folder, or None when there is none or the cell's folder already
+    holds a run of its own (that folder is never overwritten). ``checkpoints/`` is not copied (a finished run
+    does not resume); ``run_info.json`` is copied last, so an interrupted copy is not complete. One log line;
+    the cell's record (``study_cell.json``) says ``reused_from``."""
+    if cell.blocked or not study.reuse_from:
+        return None
+    d = run_dir(study, cell)
+    if (d / "run_info.json").exists():
+        return None
+    src = find_reusable(study, cell)
+    if src is None:
+        return None
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, d, dirs_exist_ok=True,
+                    ignore=lambda folder, names: [n for n in names if Path(folder) == src and n in (
+                        "checkpoints", "run_info.json", RECORD_FILE, LOG_FILE)])
+    shutil.copy2(src / "run_info.json", d / "run_info.json")
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    with open(d / LOG_FILE, "a", encoding="utf-8") as fh:
+        fh.write(f"=== {now} reused the finished run {src} (same config hash {cell.config_hash()})\n")
+    old = read_json(src / RECORD_FILE) or {}
+    rec = {"cell": cell.id, "status": "done", "returncode": 0, "wall_s": old.get("wall_s"), "error": "",
+           "command": old.get("command", ""), "config_hash": cell.config_hash(), "finished": now,
+           "reused_from": str(src)}
+    atomic_write(d / RECORD_FILE, json.dumps(rec, indent=1) + "\n")
+    log.info("%s: reused the finished run %s (same config hash %s)", cell.id, src, cell.config_hash())
+    return src
 
 
 def run_cell(study: Study, cell: Cell) -> dict:
@@ -197,6 +245,9 @@ def run_study(study: Study, cells: Optional[Sequence[Cell]] = None) -> list[dict
             if cell.kind == "sweep" and cell.arm in study.chosen:
                 log.info("[%d/%d] %s: arm %s's sweep is resolved (%s), skipped", i, n, cell.id, cell.arm,
                          study.chosen[cell.arm])
+                continue
+            if not is_complete(study, cell) and adopt_reusable(study, cell) is not None:
+                write_table(study, [collect(study, c)[0] for c in study.cells])
                 continue
             if is_complete(study, cell):
                 log.info("[%d/%d] %s: complete, skipped", i, n, cell.id)

@@ -34,7 +34,7 @@ from hpcfed.study.expand import (
 )
 
 STUDY_KEYS = ("name", "base_config", "base", "grid", "cells", "seeds", "seed_keys", "lr_sweep", "claims",
-              "metrics", "target_acc", "ranks", "out_dir", "timeout_s", "basin")
+              "metrics", "target_acc", "ranks", "out_dir", "timeout_s", "basin", "reuse_from")
 """Top-level keys of a study YAML."""
 CLI_STUDY_KEYS = ("name", "base_config", "target_acc", "ranks", "out_dir", "timeout_s", "seeds")
 """Study keys that a command-line ``key=value`` sets (every other word is a config override)."""
@@ -93,6 +93,9 @@ class Study:
     ranks: int
     out_dir: Path
     timeout_s: Optional[float]
+    reuse_from: tuple[Path, ...] = ()
+    """Folders of other studies (their ``out_dir``) whose finished cells with this cell's config hash are copied
+    in instead of run (:func:`hpcfed.study.runner.adopt_reusable`)."""
     cli_words: list[str] = field(default_factory=list)
     """Config overrides from the command line, applied to every cell after its own."""
     command: str = ""
@@ -164,7 +167,12 @@ def _scalars(data: dict, path: Path, where: str) -> dict[str, Any]:
     base_config = data.get("base_config")
     if base_config is not None and not isinstance(base_config, str):
         raise StudyError(f"{where}: base_config must be a path")
-    return dict(name=name, ranks=ranks, base_config=base_config,
+    reuse = data.get("reuse_from") or []
+    if isinstance(reuse, str):
+        reuse = [reuse]
+    if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
+        raise StudyError(f"{where}: reuse_from={data.get('reuse_from')!r} must be a list of study folders")
+    return dict(name=name, ranks=ranks, base_config=base_config, reuse_from=tuple(Path(r) for r in reuse),
                 target_acc=None if target is None else float(target),
                 timeout_s=None if timeout is None else float(timeout),
                 out_dir=Path(str(data.get("out_dir") or Path("runs") / "study" / name)))
@@ -275,7 +283,8 @@ def load_study(path: str | Path, argv: Sequence[str] = ()) -> Study:
     study = Study(name=scalars["name"], path=path, base_config=scalars["base_config"], base_words=base,
                   axes=columns, cells=sweep_cells + cells, target_acc=scalars["target_acc"],
                   ranks=scalars["ranks"], out_dir=scalars["out_dir"], timeout_s=scalars["timeout_s"],
-                  cli_words=cli_config, seeds=seeds, arms=arms, metrics=metrics, claims=claims, sweeps=sweeps,
+                  reuse_from=scalars["reuse_from"], cli_words=cli_config, seeds=seeds, arms=arms, metrics=metrics,
+                  claims=claims, sweeps=sweeps,
                   basin=data.get("basin"))
     for cell in study.cells:
         validate_cell(study, cell)

@@ -175,6 +175,46 @@ def test_failed_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
     assert table[0]["error"].startswith("exit 1: ValueError")
 
 
+def test_reuse_from_adopts_finished_runs_of_the_same_config_and_runs_the_rest(tmp_path, monkeypatch, caplog):
+    # study A finished three cells (as fake outputs); study B shares two configs under other cell names
+    a = st.load_study(write_study(tmp_path / "a.yaml", out_dir=str(tmp_path / "A"), base=["fl.rounds=3"],
+                                  grid={"peft.method": ["bias", "lora", "head"]}))
+    for cell in a.cells:
+        _fake_outputs(a, cell, [{"round": 3, "test_acc": 0.7, "bytes_up": 1, "bytes_down": 1}])
+        (st.run_dir(a, cell) / "checkpoints").mkdir()
+        (st.run_dir(a, cell) / st.RECORD_FILE).write_text(json.dumps({"status": "done", "wall_s": 12.5}))
+    incomplete = st.run_dir(a, a.cells[2]) / "metrics.jsonl"  # head: stopped after round 2 of 3
+    incomplete.write_text(json.dumps({"round": 2, "test_acc": 0.6}) + "\n")
+    b = st.load_study(write_study(tmp_path / "b.yaml", out_dir=str(tmp_path / "B"), base=["fl.rounds=3"],
+                                  reuse_from=[str(tmp_path / "A")],
+                                  grid={"m": {"x": {"peft.method": "bias"}, "y": {"peft.method": "lora"},
+                                              "z": {"peft.method": "head"}, "w": {"peft.method": "prompt"}}}))
+    assert b.reuse_from == (tmp_path / "A",)
+    x, y, z, w = b.cells
+    assert st.find_reusable(b, x) == st.run_dir(a, a.cells[0]) and st.find_reusable(b, z) is None
+    (st.run_dir(b, y)).mkdir(parents=True)  # y already holds a run of its own: never overwritten
+    (st.run_dir(b, y) / "run_info.json").write_text(json.dumps({"config_hash": y.cfg.hash()}))
+    marks = tmp_path / "ran"
+    marks.mkdir()
+    monkeypatch.setattr(st, "cell_command", lambda study, cell: [
+        sys.executable, "-c", f"open({str(marks / cell.id)!r}, 'w')"])
+    caplog.set_level(logging.INFO, logger="hpcfed.study")
+    rows = {r["cell"]: r for r in st.run_study(b)}
+    # x adopted; y (a run of its own), z (its source is incomplete) and w (no source) ran
+    assert sorted(p.name for p in marks.iterdir()) == ["m-w", "m-y", "m-z"]
+    assert rows["m-x"]["status"] == "done" and rows["m-x"]["final_test_acc"] == 0.7
+    dx = st.run_dir(b, x)
+    rec = json.loads((dx / st.RECORD_FILE).read_text())
+    assert rec["reused_from"] == str(st.run_dir(a, a.cells[0])) and rec["wall_s"] == 12.5
+    assert not (dx / "checkpoints").exists() and (dx / "final").is_dir()
+    assert "reused the finished run" in (dx / st.LOG_FILE).read_text()
+    assert [r.getMessage() for r in caplog.records if "reused" in r.getMessage()] == [
+        f"m-x: reused the finished run {st.run_dir(a, a.cells[0])} (same config hash {x.cfg.hash()})"]
+    assert (st.run_dir(a, a.cells[0]) / "checkpoints").is_dir()  # the source is left as it was
+    with pytest.raises(st.StudyError, match="reuse_from"):
+        st.load_study(write_study(tmp_path / "c.yaml", reuse_from=[3]))
+
+
 def test_error_tail_prefers_error_lines():
     assert st.error_tail("x\nerror: data.source=/a: not found\n-----\nmpirun noise\n") == \
         "error: data.source=/a: not found"
