@@ -21,9 +21,15 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 install: $(VENV)/.installed
 
+# The demo config trains in bf16; on a CPU-only machine whose CPU has no native bf16 (e.g. AVX2 only) bf16 is
+# emulated and many times slower, so there the demo runs in fp32 (one line says so; ARGS=fl.local.bf16=true forces).
+DEMO_PRECISION = $$($(VENV)/bin/python -c 'import torch; from hpcfed.envinfo import cpu_bf16_native as f; \
+	print("fl.local.bf16=false" if not torch.cuda.is_available() and f() is False else "")')
 demo: install
-	$(VENV)/bin/mpirun $(ROOT_FLAGS) --oversubscribe --bind-to none -n $(NP) \
-		$(VENV)/bin/python -m hpcfed.main config=$(CONFIG) $(ARGS)
+	@prec=$(DEMO_PRECISION); if [ -n "$$prec" ]; then \
+		echo "make demo: this CPU has no native bf16, so the demo runs in fp32 ($$prec; ARGS=fl.local.bf16=true to force bf16)"; fi; \
+	set -x; $(VENV)/bin/mpirun $(ROOT_FLAGS) --oversubscribe --bind-to none -n $(NP) \
+		$(VENV)/bin/python -m hpcfed.main config=$(CONFIG) $$prec $(ARGS)
 
 # The suite in PYTEST_WORKERS processes (pytest-xdist, a file per worker at a time: unit tests use one torch
 # thread each, so 2 workers fill a 2-core machine); PYTEST_WORKERS=0 runs it in one process.

@@ -84,6 +84,30 @@ def cpu_model() -> Optional[str]:
         return None
 
 
+def cpu_bf16_native() -> Optional[bool]:
+    """Whether this CPU runs bf16 matmuls natively (oneDNN's bf16 check: AVX-512 BF16 / AMX, or AVX-512 core on
+    x86; the bf16 extension on Arm), so that bf16 autocast on CPU is not slower than fp32. False on e.g. an
+    AVX2-only CPU, where bf16 is emulated (a local step measured ~20-50x slower than fp32 here: README, "bf16").
+    None when torch or its oneDNN build cannot tell."""
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - a private torch API; unknown is not an error
+        return None
+
+
+def warn_if_bf16_emulated(device, bf16: bool, key: str, log) -> bool:
+    """Log one warning when ``bf16`` autocast is asked for on a CPU ``device`` that would emulate it
+    (:func:`cpu_bf16_native` is False), naming the config key ``key`` and the fix; returns whether it warned.
+    The run keeps bf16 (a silent switch to fp32 would change results under the same config hash)."""
+    if not bf16 or getattr(device, "type", str(device)) != "cpu" or cpu_bf16_native() is not False:
+        return False
+    log.warning("%s=true on a CPU without native bf16 (%s): bf16 is emulated and each step is many times slower "
+                "than fp32; set %s=false on this machine", key, cpu_model() or "unknown CPU", key)
+    return True
+
+
 def gpu_models() -> Optional[list[str]]:
     """Names of the visible CUDA devices (``torch.cuda.get_device_name``), or None without CUDA / torch."""
     try:
@@ -106,7 +130,7 @@ def environment_info() -> dict:
         imported for them; torch's is ``torch.__version__``, with its build tag); a package that is not
         installed is None. ``mpi_library`` is the first line of ``mpi4py.MPI.Get_library_version()`` (None
         without mpi4py or its MPI library), ``cpu_model`` the ``/proc/cpuinfo`` model name (or
-        ``platform.processor()``), ``gpu_models`` the list of visible CUDA device names (this imports torch),
+        ``platform.processor()``), ``cpu_bf16_native`` (:func:`cpu_bf16_native`), ``gpu_models`` the list of visible CUDA device names (this imports torch),
         or None when CUDA is not available.
     """
     versions: dict[str, Optional[str]] = {"python": platform.python_version()}
@@ -115,5 +139,6 @@ def environment_info() -> dict:
         "versions": versions,
         "mpi_library": mpi_library_version() if versions["mpi4py"] is not None else None,
         "cpu_model": cpu_model(),
+        "cpu_bf16_native": cpu_bf16_native(),
         "gpu_models": gpu_models(),
     }

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from hpcfed.compose import build_loop, load_run_config, quiet_libraries
 from hpcfed.atomic import atomic_write_text
 from hpcfed.config import Config, ConfigError, describe_keys, import_plugins
-from hpcfed.envinfo import environment_info
+from hpcfed.envinfo import environment_info, warn_if_bf16_emulated
 
 log = logging.getLogger("hpcfed")
 
@@ -107,6 +107,7 @@ def run(cfg: Config, callbacks: Sequence = ()) -> dict:
             (run_dir / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
             log.info("world=%d device=%s method=%s trainable=%d clients=%d cohort=%d", rt.world_size,
                      rt.device, cfg.peft.method, loop.flat.numel, dataset.num_clients, cfg.fl.cohort_size)
+            warn_if_bf16_emulated(rt.device, cfg.fl.local.bf16, "fl.local.bf16", log)
         if cfg.fl.mode == "local_only":
             return _run_local_only(cfg, loop, dataset, comm, rt, t_start)
         try:

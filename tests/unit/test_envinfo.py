@@ -16,7 +16,8 @@ VERSION_KEYS = {"python", "torch", "transformers", "peft", "timm", "open_clip_to
 
 
 def check_info(info: dict) -> None:
-    assert {"versions", "mpi_library", "cpu_model", "gpu_models"} <= set(info)
+    assert {"versions", "mpi_library", "cpu_model", "cpu_bf16_native", "gpu_models"} <= set(info)
+    assert info["cpu_bf16_native"] in (True, False, None)
     assert set(info["versions"]) == VERSION_KEYS
     assert info["versions"]["torch"] == torch.__version__
     assert info["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -60,6 +61,41 @@ def test_missing_package_is_none(monkeypatch):
     assert info["versions"]["peft"] is None and info["versions"]["mpi4py"] is None
     assert info["mpi_library"] is None  # no mpi4py: not asked
     assert info["versions"]["torch"] == torch.__version__
+
+
+def test_cpu_bf16_native_follows_onednn_and_never_raises(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    assert envinfo.cpu_bf16_native() is False
+
+    def broken():
+        raise RuntimeError("no oneDNN")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", broken, raising=False)
+    assert envinfo.cpu_bf16_native() is None
+
+
+@pytest.mark.parametrize("native, device, bf16, warns", [
+    (False, "cpu", True, True), (True, "cpu", True, False), (None, "cpu", True, False),
+    (False, "cpu", False, False), (False, "cuda", True, False)])
+def test_bf16_emulation_warning(monkeypatch, caplog, native, device, bf16, warns):
+    import logging
+    monkeypatch.setattr(envinfo, "cpu_bf16_native", lambda: native)
+    log = logging.getLogger("hpcfed.test_envinfo")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        assert envinfo.warn_if_bf16_emulated(torch.device(device), bf16, "fl.local.bf16", log) is warns
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == int(warns)
+    if warns:
+        assert lines[0].startswith("fl.local.bf16=true on a CPU without native bf16")
+        assert lines[0].endswith("set fl.local.bf16=false on this machine") and "\n" not in lines[0]
+
+
+def test_run_warns_once_about_emulated_bf16(toy_text, tmp_path, monkeypatch, caplog):
+    import logging
+    monkeypatch.setattr(envinfo, "cpu_bf16_native", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="hpcfed"):
+        run(load_config(toy_text + [f"out_dir={tmp_path}", "name=x", "fl.rounds=1", "fl.local.bf16=true"]))
+    assert sum("without native bf16" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_run_writes_environment_into_run_info(toy_text, tmp_path):
