@@ -73,3 +73,22 @@ def test_cli_exits_nonzero_with_one_line():
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: data.partition='zipf' is not valid")
     assert "Traceback" not in r.stderr
+
+
+def test_cached_default_schema_is_never_resolved_in_place():
+    from omegaconf import OmegaConf
+
+    # load_config builds OmegaConf.structured(Config) once per process; resolving a config must not resolve the
+    # cached schema's interpolations (model.path: ${minilm_path:}), or a later load would keep the first value
+    from hpcfed.config import load as load_mod
+
+    load_mod.register_resolvers()
+    first = load_config()
+    assert load_mod._default_schema()._get_node("model")._get_node("path")._value() == "${minilm_path:}"
+    OmegaConf.register_new_resolver("minilm_path", lambda: "/elsewhere/minilm", replace=True)
+    try:
+        assert load_config().model.path == "/elsewhere/minilm" != first.model.path
+        assert load_config(["fl.rounds=2"]).model.path == "/elsewhere/minilm"
+    finally:
+        OmegaConf.clear_resolver("minilm_path")
+        load_mod.register_resolvers()
