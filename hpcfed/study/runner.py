@@ -117,19 +117,22 @@ def set_aside_superseded(study: Study, cell: Cell) -> Optional[Path]:
 
 def find_reusable(study: Study, cell: Cell) -> Optional[Path]:
     """A finished run of ``cell``'s config in one of ``study.reuse_from``'s folders (another study's cell folder
-    whose ``run_info.json`` hash is the cell's and whose outputs are complete), or None. The config hash leaves
+    that is complete by this cell's rule, :func:`hpcfed.study.outputs.complete_in`: its recorded config hash is
+    the cell's, or its ``config.yaml`` read with today's schema hashes to it), or None. The config hash leaves
     out names and output folders (:meth:`hpcfed.config.Config.hash`), so a cell of another study with the same
-    data, model, PEFT and FL settings is the same training run."""
+    data, model, PEFT and FL settings is the same training run. Runs whose recorded hash matches are preferred
+    (no config.yaml is read for them)."""
     want = cell.config_hash()
+    folders = []
     for root in study.reuse_from:
         if Path(root).resolve() == Path(study.out_dir).resolve() or not Path(root).is_dir():
             continue
-        for d in sorted(Path(root).iterdir()):
-            if d.name == SUPERSEDED_DIR or not d.is_dir():
-                continue
-            info = read_json(d / "run_info.json")
-            if info is not None and info.get("config_hash") == want and complete_in(cell, d):
-                return d
+        folders += [d for d in sorted(Path(root).iterdir()) if d.is_dir() and d.name != SUPERSEDED_DIR
+                    and (d / "run_info.json").is_file()]
+    recorded = {d: (read_json(d / "run_info.json") or {}).get("config_hash") for d in folders}
+    for d in sorted(folders, key=lambda d: recorded[d] != want):  # exact recorded hashes first
+        if complete_in(cell, d):
+            return d
     return None
 
 

@@ -185,6 +185,10 @@ def test_reuse_from_adopts_finished_runs_of_the_same_config_and_runs_the_rest(tm
         (st.run_dir(a, cell) / st.RECORD_FILE).write_text(json.dumps({"status": "done", "wall_s": 12.5}))
     incomplete = st.run_dir(a, a.cells[2]) / "metrics.jsonl"  # head: stopped after round 2 of 3
     incomplete.write_text(json.dumps({"round": 2, "test_acc": 0.6}) + "\n")
+    # bias's run recorded the hash of an older schema; its config.yaml, read today, is the cell's (as is_complete)
+    bias_dir = st.run_dir(a, a.cells[0])
+    (bias_dir / "run_info.json").write_text(json.dumps({"trainable_params": 123, "config_hash": "older-schema"}))
+    (bias_dir / "config.yaml").write_text(a.cells[0].cfg.to_yaml())
     b = st.load_study(write_study(tmp_path / "b.yaml", out_dir=str(tmp_path / "B"), base=["fl.rounds=3"],
                                   reuse_from=[str(tmp_path / "A")],
                                   grid={"m": {"x": {"peft.method": "bias"}, "y": {"peft.method": "lora"},
