@@ -126,12 +126,12 @@ def environment_info() -> dict:
     Returns:
         ``{"versions": {"python": ..., "torch": ..., "transformers": ..., "peft": ..., "timm": ...,
         "open_clip_torch": ..., "triton": ..., "mpi4py": ...}, "mpi_library": ..., "cpu_model": ...,
-        "gpu_models": ...}``. Package versions come from the installed distributions' metadata (nothing is
+        "cpu_bf16_native": ..., "gpu_models": ...}``. Package versions come from the installed distributions' metadata (nothing is
         imported for them; torch's is ``torch.__version__``, with its build tag); a package that is not
         installed is None. ``mpi_library`` is the first line of ``mpi4py.MPI.Get_library_version()`` (None
         without mpi4py or its MPI library), ``cpu_model`` the ``/proc/cpuinfo`` model name (or
-        ``platform.processor()``), ``cpu_bf16_native`` (:func:`cpu_bf16_native`), ``gpu_models`` the list of visible CUDA device names (this imports torch),
-        or None when CUDA is not available.
+        ``platform.processor()``), ``cpu_bf16_native`` as :func:`cpu_bf16_native`, ``gpu_models`` the list of
+        visible CUDA device names (this imports torch), or None when CUDA is not available.
     """
     versions: dict[str, Optional[str]] = {"python": platform.python_version()}
     versions.update({name: _torch_version() if name == "torch" else _dist_version(name) for name in PACKAGES})

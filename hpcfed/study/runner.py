@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hpcfed.study.errors import StudyError
-from hpcfed.study.outputs import (LOG_FILE, RECORD_FILE, SUPERSEDED_DIR, atomic_write, collect, complete_in, is_complete,
-                                  ran_with_config, read_json, run_dir)
+from hpcfed.study.outputs import (LOG_FILE, RECORD_FILE, SUPERSEDED_DIR, atomic_write, collect, complete_in,
+                                  is_complete, ran_with_config, read_json, run_dir)
 from hpcfed.study.report import report, write_table
 from hpcfed.study.spec import Cell, Study, cell_argv
 from hpcfed.study.sweep import resolve_sweeps
