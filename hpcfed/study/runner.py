@@ -116,19 +116,22 @@ def set_aside_superseded(study: Study, cell: Cell) -> Optional[Path]:
 
 
 def find_reusable(study: Study, cell: Cell) -> Optional[Path]:
-    """A finished run of ``cell``'s config in one of ``study.reuse_from``'s folders (another study's cell folder
-    that is complete by this cell's rule, :func:`hpcfed.study.outputs.complete_in`: its recorded config hash is
+    """A finished run of ``cell``'s config in another cell's folder of this study (e.g. a sweep cell run at the main
+    cells' horizon is the main cell of its seed at the value it picks) or of one of ``study.reuse_from``'s
+    folders, complete by this cell's rule, :func:`hpcfed.study.outputs.complete_in`: its recorded config hash is
     the cell's, or its ``config.yaml`` read with today's schema hashes to it), or None. The config hash leaves
     out names and output folders (:meth:`hpcfed.config.Config.hash`), so a cell of another study with the same
     data, model, PEFT and FL settings is the same training run. Runs whose recorded hash matches are preferred
     (no config.yaml is read for them)."""
     want = cell.config_hash()
-    folders = []
-    for root in study.reuse_from:
-        if Path(root).resolve() == Path(study.out_dir).resolve() or not Path(root).is_dir():
+    own = run_dir(study, cell).resolve()
+    folders, seen = [], set()
+    for root in (study.out_dir, *study.reuse_from):  # the study's own other cells first
+        if not Path(root).is_dir() or Path(root).resolve() in seen:
             continue
+        seen.add(Path(root).resolve())
         folders += [d for d in sorted(Path(root).iterdir()) if d.is_dir() and d.name != SUPERSEDED_DIR
-                    and (d / "run_info.json").is_file()]
+                    and d.resolve() != own and (d / "run_info.json").is_file()]
     recorded = {d: (read_json(d / "run_info.json") or {}).get("config_hash") for d in folders}
     for d in sorted(folders, key=lambda d: recorded[d] != want):  # exact recorded hashes first
         if complete_in(cell, d):
@@ -137,12 +140,12 @@ def find_reusable(study: Study, cell: Cell) -> Optional[Path]:
 
 
 def adopt_reusable(study: Study, cell: Cell) -> Optional[Path]:
-    """Copy a finished run of ``cell``'s config from another study (:func:`find_reusable`) into the cell's folder
-    instead of running it; returns the source folder, or None when there is none or the cell's folder already
+    """Copy a finished run of ``cell``'s config from another cell or study (:func:`find_reusable`) into the cell's
+    folder instead of running it; returns the source folder, or None when there is none or the cell's folder already
     holds a run of its own (that folder is never overwritten). ``checkpoints/`` is not copied (a finished run
     does not resume); ``run_info.json`` is copied last, so an interrupted copy is not complete. One log line;
     the cell's record (``study_cell.json``) says ``reused_from``."""
-    if cell.blocked or not study.reuse_from:
+    if cell.blocked:
         return None
     d = run_dir(study, cell)
     if (d / "run_info.json").exists():

@@ -219,6 +219,25 @@ def test_reuse_from_adopts_finished_runs_of_the_same_config_and_runs_the_rest(tm
         st.load_study(write_study(tmp_path / "c.yaml", reuse_from=[3]))
 
 
+def test_a_sweep_at_the_main_horizon_gives_its_seed_main_cell(tmp_path, monkeypatch):
+    # sweep cells with the main cells' rounds and seed are those main cells at their value: not run twice
+    s = st.load_study(write_study(tmp_path / "s.yaml", out_dir=str(tmp_path / "o"), base=["fl.rounds=3"],
+                                  grid={"peft.method": ["bias"]}, seeds=[0, 1],
+                                  lr_sweep={"values": [0.1, 0.3], "seeds": [0]}))
+    sweep = [c for c in s.cells if c.kind == "sweep"]
+    for c, acc in zip(sweep, (0.6, 0.7)):
+        _fake_outputs(s, c, [{"round": 3, "test_acc": acc, "bytes_up": 1, "bytes_down": 1}])
+    marks = tmp_path / "ran"
+    marks.mkdir()
+    monkeypatch.setattr(st, "cell_command", lambda study, cell: [
+        sys.executable, "-c", f"open({str(marks / cell.id)!r}, 'w')"])
+    rows = {r["cell"]: r for r in st.run_study(s)}
+    assert sorted(p.name for p in marks.iterdir()) == ["method-bias_seed-1"]
+    assert rows["method-bias_seed-0"]["status"] == "done" and rows["method-bias_seed-0"]["final_test_acc"] == 0.7
+    rec = json.loads((st.run_dir(s, s.main_cells[0]) / st.RECORD_FILE).read_text())
+    assert rec["reused_from"] == str(st.run_dir(s, sweep[1]))
+
+
 def test_error_tail_prefers_error_lines():
     assert st.error_tail("x\nerror: data.source=/a: not found\n-----\nmpirun noise\n") == \
         "error: data.source=/a: not found"
