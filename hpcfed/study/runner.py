@@ -144,9 +144,11 @@ def adopt_reusable(study: Study, cell: Cell) -> Optional[Path]:
     folder instead of running it; returns the source folder, or None when there is none or the cell's folder already
     holds a run of its own (that folder is never overwritten). ``checkpoints/`` is not copied (a finished run
     does not resume); ``run_info.json`` is copied last, so an interrupted copy is not complete. One log line;
-    the cell's record (``study_cell.json``) says ``reused_from``."""
+    the cell's record (``study_cell.json``) says ``reused_from``. A run of an earlier config of the cell in its
+    folder is set aside first (:func:`set_aside_superseded`), as before a run."""
     if cell.blocked:
         return None
+    set_aside_superseded(study, cell)  # an earlier config's run in the folder is not a run of this cell
     d = run_dir(study, cell)
     if (d / "run_info.json").exists():
         return None

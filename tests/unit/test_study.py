@@ -227,12 +227,16 @@ def test_a_sweep_at_the_main_horizon_gives_its_seed_main_cell(tmp_path, monkeypa
     sweep = [c for c in s.cells if c.kind == "sweep"]
     for c, acc in zip(sweep, (0.6, 0.7)):
         _fake_outputs(s, c, [{"round": 3, "test_acc": acc, "bytes_up": 1, "bytes_down": 1}])
+    main0 = st.run_dir(s, s.main_cells[0])  # holds a run of an earlier config: set aside, then the reuse
+    main0.mkdir(parents=True)
+    (main0 / "run_info.json").write_text(json.dumps({"config_hash": "an-earlier-config"}))
     marks = tmp_path / "ran"
     marks.mkdir()
     monkeypatch.setattr(st, "cell_command", lambda study, cell: [
         sys.executable, "-c", f"open({str(marks / cell.id)!r}, 'w')"])
     rows = {r["cell"]: r for r in st.run_study(s)}
     assert sorted(p.name for p in marks.iterdir()) == ["method-bias_seed-1"]
+    assert [p.name for p in (s.out_dir / st.SUPERSEDED_DIR).iterdir()] == ["method-bias_seed-0-an-earlier-config"]
     assert rows["method-bias_seed-0"]["status"] == "done" and rows["method-bias_seed-0"]["final_test_acc"] == 0.7
     rec = json.loads((st.run_dir(s, s.main_cells[0]) / st.RECORD_FILE).read_text())
     assert rec["reused_from"] == str(st.run_dir(s, sweep[1]))
