@@ -254,11 +254,11 @@ def run_study(study: Study, cells: Optional[Sequence[Cell]] = None) -> list[dict
                 log.info("[%d/%d] %s: arm %s's sweep is resolved (%s), skipped", i, n, cell.id, cell.arm,
                          study.chosen[cell.arm])
                 continue
-            if not is_complete(study, cell) and adopt_reusable(study, cell) is not None:
-                write_table(study, [collect(study, c)[0] for c in study.cells])
-                continue
             if is_complete(study, cell):
                 log.info("[%d/%d] %s: complete, skipped", i, n, cell.id)
+                continue
+            if adopt_reusable(study, cell) is not None:
+                write_table(study, [collect(study, c)[0] for c in study.cells])
                 continue
             if cell.blocked:
                 _record_blocked(study, cell)
