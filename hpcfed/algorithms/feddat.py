@@ -358,7 +358,7 @@ class FedDAT(Algorithm):
         head_steps = 2 if self.dat else 1  # the head is updated in both MKD steps (one AdamW in the reference)
         model.train()
         loss_sum = torch.zeros((), device=dev)
-        last = torch.zeros((), device=dev)
+        last = first = torch.zeros((), device=dev)
         seen = 0
         pack = trainer.pack and train.lengths is not None  # padding-free batches (fl.local.packing)
         fwd = functools.partial(model, pack=True) if pack else model
@@ -408,6 +408,8 @@ class FedDAT(Algorithm):
                 if head is not None:
                     self._opt_h.step(head.data, head.grad, step=2 * step, lr=lr_h)
             last = ce_batch.detach()
+            if step == 1:
+                first = last
             loss_sum += last * len(idx)
             seen += len(idx)
         loss = float(loss_sum)
@@ -416,7 +418,7 @@ class FedDAT(Algorithm):
             if head is not None:
                 state[HEAD_KEY] = head.data
             self.store.put(client_id, self.round_idx, state)
-        return LocalResult(loss, seen, len(batches), float(last))
+        return LocalResult(loss, seen, len(batches), float(last), float(first) if batches else math.nan)
 
     def after_round(self, loop: FederatedLoop, round_idx: int) -> dict:
         """One process prunes client-state versions no kept checkpoint can need (module docstring of

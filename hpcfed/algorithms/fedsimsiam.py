@@ -111,7 +111,7 @@ class FedSimSiam(Algorithm):
         trainer.optimizer.reset()
         model.train()
         batches = local_batches(len(data), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
-        loss_sum, seen, last = 0.0, 0, float("nan")
+        loss_sum, seen, last, first = 0.0, 0, float("nan"), float("nan")
         for step, idx in enumerate(batches, start=1):
             if len(idx) < 2:  # BatchNorm needs two examples
                 continue
@@ -120,9 +120,11 @@ class FedSimSiam(Algorithm):
             loss.backward()
             trainer.step(step)
             last = float(loss.detach())
+            if seen == 0:
+                first = last
             loss_sum += last * len(idx)
             seen += len(idx)
-        return LocalResult(loss_sum, seen, len(batches), last)
+        return LocalResult(loss_sum, seen, len(batches), last, first)
 
     @torch.no_grad()
     def evaluate(self, loop) -> dict:

@@ -434,13 +434,21 @@ class EvalConfig:
     at_round0: bool = False
     """Also evaluate the initial global model before round 1."""
     warn_loss_rise_rounds: int = 3
-    """Warn (a log line and ``"train_loss_rising"`` in the round's ``warnings`` in metrics.jsonl) when the mean
-    client training loss has risen in each of this many consecutive rounds; 0 disables the check."""
+    """Warn (a log line and ``"train_loss_rising"`` in the round's ``warnings`` in metrics.jsonl) when the
+    training loss has risen in each of this many consecutive rounds; 0 disables the check. The loss followed is
+    ``train_loss_start`` (the global model's loss on the clients' first local batches) where the method reports
+    it, else ``train_loss`` (:meth:`hpcfed.fl.loop.FederatedLoop.rise_loss_key`)."""
+    warn_loss_rise_min_ratio: float = 1.1
+    """... and when the last of those rounds' loss is at least this many times the loss before the rise (1.1: up
+    10 %), so that a flat, noisy plateau does not trigger it; 1.0 flags any rise."""
 
     def __post_init__(self) -> None:
         check_positive("eval.every_rounds", self.every_rounds)
         check_positive("eval.batch_size", self.batch_size)
         check_positive("eval.warn_loss_rise_rounds", self.warn_loss_rise_rounds, allow_zero=True)
+        if not self.warn_loss_rise_min_ratio >= 1.0:
+            raise ConfigError(f"eval.warn_loss_rise_min_ratio must be >= 1.0 (a ratio of losses), got "
+                              f"{self.warn_loss_rise_min_ratio}")
 
 
 @dataclass

@@ -17,11 +17,13 @@ from hpcfed import kernels
 from hpcfed.dist import Comm
 
 STATS = ("loss_sum", "samples_seen", "clients_ok", "clients_failed", "steps", "elems_up_hi", "elems_up_lo",
-         "elems_down_hi", "elems_down_lo", "stop_requested", "dp_unclipped", "client_loads", "client_cache_hits")
+         "elems_down_hi", "elems_down_lo", "stop_requested", "dp_unclipped", "client_loads", "client_cache_hits",
+         "start_loss_sum", "start_loss_clients")
 """Per-round sums that ride in the aggregate buffer (so a round stays ONE collective): training loss and samples,
 client counts, element counts (split, see ``_SPLIT``), a stop request, under ``fl.dp`` the clients whose update
-norm was within the clip norm (adaptive clipping), and the client data loads from the shards and client-cache hits
-(:class:`hpcfed.fl.loop.ClientCache`)."""
+norm was within the clip norm (adaptive clipping), the client data loads from the shards and client-cache hits
+(:class:`hpcfed.fl.loop.ClientCache`), and the clients' first-batch losses
+(:attr:`hpcfed.fl.client.LocalResult.first_loss`, summed, and the clients that reported one)."""
 _SPLIT = 1 << 12
 """Element counts are carried as hi·2^12 + lo so that their sums stay exact in fp32."""
 

@@ -40,6 +40,10 @@ class LocalResult:
     steps: int
     final_loss: float
     """Mean loss of the last local step."""
+    first_loss: float = math.nan
+    """Mean loss of the first local step's batch, computed from the parameters the client received (before any
+    local update): a sample of the global model's training loss on this client's data. Unlike ``loss_sum`` it does
+    not depend on how far the local steps move (the local lr); NaN where a method does not report it."""
 
 
 def autocast_ctx(device: torch.device, bf16: bool):
@@ -212,7 +216,7 @@ class LocalTrainer:
         seen = 0
         batches = local_batches(len(data), c.batch_size, epochs=c.epochs, steps=c.steps, generator=gen)
         adjust = self._logit_adjustment(data) if c.logit_adjust_tau > 0 else None
-        last = torch.zeros(())
+        last = first = torch.zeros(())
         feats = self.client_features(data) if self.cache_features else None
         for step, idx in enumerate(batches, start=1):
             self.flat.zero_grad()
@@ -236,9 +240,12 @@ class LocalTrainer:
                 grad_hook(self.flat)
             self.step(step, mask)
             last = loss.detach()
+            if step == 1:
+                first = last
             loss_sum += last * len(idx)
             seen += len(idx)
-        return LocalResult(float(loss_sum), seen, len(batches), float(last))
+        return LocalResult(float(loss_sum), seen, len(batches), float(last),
+                           float(first) if batches else math.nan)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from hpcfed.dist import Comm, place_clients
 from hpcfed.fl.aggregate import Aggregator
 from hpcfed.fl.algorithm import Algorithm
 from hpcfed.fl.attacks import apply_model_attack, byzantine_clients, poison_client_data
-from hpcfed.fl.client import LocalTrainer, confusion_metrics, evaluate
+from hpcfed.fl.client import LocalResult, LocalTrainer, confusion_metrics, evaluate
 from hpcfed.fl.robust import RobustAggregator, TooFewUpdates
 from hpcfed.fl.sampling import client_seed, cohort_for_round
 from hpcfed.fl.server import ServerOptimizer
@@ -229,7 +229,7 @@ class FederatedLoop:
                     self._drop(round_idx, cid, e)
                     continue
                 self._accumulate(cid, self.flat.data, self._weight(len(data), norm), mask)
-                agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
+                self._add_loss_stats(res)
         if self.stop_flag is not None and self.stop_flag.requested:
             agg.add_stats(stop_requested=1)
         agg.add_stats(client_cache_hits=getattr(cache, "hits", 0) - hits0,
@@ -258,6 +258,8 @@ class FederatedLoop:
             "client_loads": int(stats["client_loads"]),
             "client_cache_hits": int(stats["client_cache_hits"]),
         }
+        if stats["start_loss_clients"] > 0:
+            metrics["train_loss_start"] = stats["start_loss_sum"] / stats["start_loss_clients"]
         metrics.update(dp_metrics)
         metrics.update(robust_metrics)
         metrics.update(extra)
@@ -299,7 +301,13 @@ class FederatedLoop:
                     self._drop(round_idx, cid, e)
                     continue
                 self._accumulate(cid, theta, self._weight(len(datas[g]), norm), masks[g])
-                agg.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
+                self._add_loss_stats(res)
+
+    def _add_loss_stats(self, res: LocalResult) -> None:
+        """A surviving client's training statistics into the round's sums (its first-batch loss when finite)."""
+        self.aggregator.add_stats(loss_sum=res.loss_sum, samples_seen=res.samples_seen, steps=res.steps)
+        if math.isfinite(res.first_loss):
+            self.aggregator.add_stats(start_loss_sum=res.first_loss, start_loss_clients=1)
 
     def _accumulate(self, cid: int, theta: torch.Tensor, weight: float, mask: Optional[torch.Tensor]) -> None:
         """Fold a surviving client's update into the round: the FedAvg accumulator, or with a robust rule the
@@ -456,17 +464,28 @@ class FederatedLoop:
         counts = torch.bincount(self.test_data.y)
         return float(counts.max()) / float(counts.sum())
 
+    @staticmethod
+    def rise_loss_key(metrics: dict) -> str:
+        """The loss that the ``train_loss_rising`` check follows in a round's ``metrics``: ``train_loss_start``
+        (the global model's loss on the clients' first local batches) where the round has it, else
+        ``train_loss`` (the mean over all local steps, which also rises when only the local lr decays: as the
+        steps move less, less of the clients' own fit enters the mean)."""
+        return "train_loss_start" if isinstance(metrics.get("train_loss_start"), float) else "train_loss"
+
     def health_warnings(self, metrics: dict) -> list[str]:
         """Warnings about round ``metrics`` (already appended to ``state.history``): ``"train_loss_rising"`` when
-        the mean client training loss rose in each of the last ``eval.warn_loss_rise_rounds`` rounds,
-        ``"non_finite_loss"`` when it is NaN or infinite (the usual divergence, which comparisons miss), and
+        the training loss of :meth:`rise_loss_key` rose in each of the last ``eval.warn_loss_rise_rounds``
+        rounds and by at least ``eval.warn_loss_rise_min_ratio`` over them, ``"non_finite_loss"`` when the mean
+        client training loss is NaN or infinite (the usual divergence, which comparisons miss), and
         ``"single_class"`` when the evaluated global model predicted one class for the whole test split (whose
         labels have more than one)."""
         out = []
-        k = self.cfg.eval.warn_loss_rise_rounds
-        losses = [h["train_loss"] for h in self.state.history if isinstance(h.get("train_loss"), float)]
-        if k and "train_loss" in metrics and len(losses) > k \
-                and all(losses[i] > losses[i - 1] for i in range(len(losses) - k, len(losses))):
+        k, ratio = self.cfg.eval.warn_loss_rise_rounds, self.cfg.eval.warn_loss_rise_min_ratio
+        key = self.rise_loss_key(metrics)
+        losses = [h[key] for h in self.state.history if isinstance(h.get(key), float)]
+        if k and key in metrics and len(losses) > k \
+                and all(losses[i] > losses[i - 1] for i in range(len(losses) - k, len(losses))) \
+                and losses[-1] >= ratio * losses[-k - 1]:
             out.append("train_loss_rising")
         loss = metrics.get("train_loss")
         if isinstance(loss, float) and not math.isfinite(loss):
@@ -490,10 +509,12 @@ class FederatedLoop:
             return
         r = m["round"]
         if "train_loss_rising" in warnings and not (before and "train_loss_rising" in before[0]):
-            k = self.cfg.eval.warn_loss_rise_rounds
-            recent = [f"{h['train_loss']:.4g}" for h in self.state.history[-k - 1:] if "train_loss" in h]
-            log.warning("round %d: mean client training loss rose %d rounds in a row (%s); the run may be "
-                        "diverging (eval.warn_loss_rise_rounds=%d)", r, k, " -> ".join(recent), k)
+            k, key = self.cfg.eval.warn_loss_rise_rounds, self.rise_loss_key(m)
+            recent = [f"{h[key]:.4g}" for h in self.state.history if key in h][-k - 1:]
+            what, where = (("the global model's training loss", "train_loss_start, on the clients' first local "
+                            "batches") if key == "train_loss_start" else ("mean client training loss", key))
+            log.warning("round %d: %s rose %d rounds in a row (%s: %s); the run may be diverging "
+                        "(eval.warn_loss_rise_rounds=%d)", r, what, k, where, " -> ".join(recent), k)
         if "non_finite_loss" in warnings and not (before and "non_finite_loss" in before[0]):
             log.warning("round %d: mean client training loss is %s; the run has diverged", r, m["train_loss"])
         if "single_class" in warnings and not (evaluated and "single_class" in evaluated[0]):

@@ -179,7 +179,7 @@ class GroupTrainer:
         text = datas[0].lengths is not None
         self.model.train()
         loss_sum = torch.zeros(g_count, device=dev)
-        last = torch.zeros(g_count, device=dev)
+        last = first = torch.zeros(g_count, device=dev)
         for step in range(len(plans[0])):
             grads.zero_()
             loss = torch.zeros(g_count, device=dev)
@@ -202,10 +202,13 @@ class GroupTrainer:
                 loss.add_(l_j.detach(), alpha=share)
             opt.step(theta, grads, step=step + 1, lr=self.lr, mask=mask)
             last = loss
+            if step == 0:
+                first = loss
             loss_sum += loss * len(idxs[0])
         bs = len(plans[0][0])
         steps = len(plans[0])
-        results = [LocalResult(float(loss_sum[g]), bs * steps, steps, float(last[g])) for g in range(g_count)]
+        results = [LocalResult(float(loss_sum[g]), bs * steps, steps, float(last[g]), float(first[g]))
+                   for g in range(g_count)]
         return theta, results
 
 

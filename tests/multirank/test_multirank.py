@@ -62,6 +62,7 @@ def test_rank_count_invariance_1_2_3_ranks(runs, toy_text):
     for n in RANKS[1:]:
         for m1, mn in zip(h[1], h[n]):
             assert m1["train_loss"] == pytest.approx(mn["train_loss"], rel=1e-5)
+            assert m1["train_loss_start"] == pytest.approx(mn["train_loss_start"], rel=1e-5)
     assert h[1][-1]["test_acc"] == pytest.approx(h[2][-1]["test_acc"], abs=1e-9) == h[3][-1]["test_acc"]
 
 

@@ -1,5 +1,6 @@
 """Local training paths that must equal the plain path: length-bucketed micro-batches, packed sequences."""
 
+import pytest
 import torch
 
 from hpcfed.config import load_config
@@ -126,3 +127,27 @@ def test_bf16_training_close_to_fp32():
         cos = torch.nn.functional.cosine_similarity(a, b, dim=0)
         assert cos > 0.99, (packing, float(cos))
         assert 0.9 < float(b.norm() / a.norm()) < 1.1
+
+
+def _result(steps, lr, dropout=0.0):
+    cfg = load_config(tiny_model_args("hf_text") + ["peft.method=bias", f"model.dropout={dropout}",
+                                                    f"fl.local.steps={steps}", "fl.local.batch_size=8",
+                                                    "fl.local.optimizer=sgd", f"fl.local.lr={lr}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2)
+    flat = apply_peft(model, cfg.peft)
+    return LocalTrainer(model, flat, cfg.fl.local, torch.device("cpu")).train(toy_client_data("hf_text"), 5)
+
+
+def test_first_loss_is_the_received_model_on_the_first_batch():
+    """``first_loss`` is the loss of the parameters the client received on its first batch: with one step it is
+    the whole mean loss; neither the lr nor the number of steps changes it (the step-1 batch and dropout
+    masks come from the client's seed), while the mean over the steps moves with the lr."""
+    one = _result(1, 0.5, dropout=0.1)
+    assert one.first_loss == one.final_loss == pytest.approx(one.loss_sum / one.samples_seen, rel=1e-6)
+    for steps, lr in ((4, 0.5), (4, 5.0)):
+        res = _result(steps, lr, dropout=0.1)
+        assert res.first_loss == pytest.approx(one.first_loss, rel=1e-6)
+    slow, fast = _result(4, 0.01), _result(4, 0.5)
+    assert slow.first_loss == pytest.approx(fast.first_loss, rel=1e-6)
+    assert abs(fast.loss_sum - slow.loss_sum) / fast.samples_seen > 1e-3  # the local steps enter the mean

@@ -126,6 +126,42 @@ def test_rising_loss_flagged(stub_loop, caplog, k, losses, flagged):
         assert warned[0].startswith(f"round {flagged[0]}:")
 
 
+# the main job's rounds 8-20 (make demo, session 15; docs/results/demo_loss_rise/): the mean over the local steps
+# rises as the cosine local lr decays while the global model's test loss stays at 0.43-0.44
+DEMO_TRAIN_LOSS = [0.2454, 0.2609, 0.2434, 0.2589, 0.2629, 0.2604, 0.2644, 0.2848, 0.2865, 0.3155, 0.3089, 0.3307,
+                   0.3282]
+
+
+@pytest.mark.parametrize("start, ratio, flagged", [
+    (None, 1.1, [9, 10]),                                       # train_loss alone: the old false alarm
+    ([0.40 - 0.005 * i for i in range(13)], 1.1, []),          # the global model's loss falls: no flag
+    ([0.30, 0.31, 0.30, 0.302, 0.304, 0.306, 0.309, 0.30, 0.31, 0.30, 0.31, 0.30, 0.305], 1.1, []),  # plateau
+    ([0.30, 0.31, 0.30, 0.302, 0.304, 0.306, 0.309, 0.30, 0.31, 0.30, 0.31, 0.30, 0.305], 1.0, [6, 7]),
+    ([0.30, 0.29, 0.28, 0.35, 0.50, 0.90, 1.40, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5], 1.1, list(range(6, 14))),
+])
+def test_rise_check_follows_the_start_loss(stub_loop, caplog, start, ratio, flagged):
+    """With ``train_loss_start`` in the rounds the check follows it, not ``train_loss``; the min ratio keeps a
+    noisy plateau (3 small rises in a row) quiet."""
+    loop = stub_loop
+    loop.state = RoundState()
+    loop.cfg.fl.rounds, loop.cfg.eval.warn_loss_rise_rounds = len(DEMO_TRAIN_LOSS), 3
+    loop.cfg.eval.warn_loss_rise_min_ratio = ratio
+    loop.run_round = lambda r: {"round": r, "train_loss": DEMO_TRAIN_LOSS[r - 1], "clients_failed": 0,
+                                **({"train_loss_start": start[r - 1]} if start else {})}
+    loop.evaluate_global = lambda: {}
+    try:
+        with caplog.at_level(logging.WARNING, logger="hpcfed.fl"):
+            state = loop.run()
+    finally:
+        loop.cfg.eval.warn_loss_rise_min_ratio = 1.1
+    assert [m["round"] for m in state.history if "train_loss_rising" in m.get("warnings", [])] == flagged
+    warned = [r.getMessage() for r in caplog.records if "training loss rose 3 rounds" in r.getMessage()]
+    assert len(warned) == (1 if flagged else 0)
+    if flagged:
+        assert warned[0].startswith(f"round {flagged[0]}:")
+        assert ("(train_loss_start, on the clients' first local batches: " in warned[0]) == (start is not None)
+
+
 def test_non_finite_loss_flagged(stub_loop, caplog):
     losses = [0.6, 0.5, float("nan"), float("inf")]
     loop = stub_loop
@@ -142,3 +178,5 @@ def test_non_finite_loss_flagged(stub_loop, caplog):
 def test_warn_rounds_must_not_be_negative():
     with pytest.raises(ConfigError, match="eval.warn_loss_rise_rounds"):
         load_config(["eval.warn_loss_rise_rounds=-1"])
+    with pytest.raises(ConfigError, match="eval.warn_loss_rise_min_ratio must be >= 1.0"):
+        load_config(["eval.warn_loss_rise_min_ratio=0.9"])

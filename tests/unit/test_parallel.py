@@ -73,6 +73,8 @@ def test_group_equals_sequential(family, method):
         torch.testing.assert_close(thetas[g], theta, rtol=1e-4, atol=1e-5)
         assert results[g].steps == res.steps and results[g].samples_seen == res.samples_seen
         assert results[g].loss_sum == pytest.approx(res.loss_sum, rel=1e-4)
+        assert results[g].first_loss == pytest.approx(res.first_loss, rel=1e-4)
+        assert results[g].first_loss != pytest.approx(res.final_loss, rel=1e-4)
 
 
 def test_group_masks_and_sgd():
@@ -139,6 +141,7 @@ def test_loop_round_with_groups_equals_sequential(toy_text):
     torch.testing.assert_close(grp.theta_global, seq.theta_global, rtol=1e-4, atol=1e-5)
     assert mg["clients"] == ms["clients"] and mg["bytes_up"] == ms["bytes_up"]
     assert mg["train_loss"] == pytest.approx(ms["train_loss"], rel=1e-4)
+    assert mg["train_loss_start"] == pytest.approx(ms["train_loss_start"], rel=1e-4)
 
 
 def test_loop_groups_isolate_failures(toy_text):
