@@ -439,7 +439,7 @@ class EvalConfig:
     ``train_loss_start`` (the global model's loss on the clients' first local batches) where the method reports
     it, else ``train_loss`` (:meth:`hpcfed.fl.loop.FederatedLoop.rise_loss_key`)."""
     warn_loss_rise_min_ratio: float = 1.1
-    """... and when the last of those rounds' loss is at least this many times the loss before the rise (1.1: up
+    """... and when over those rounds the loss rose by at least (this − 1) × |the loss before the rise| (1.1: up
     10 %), so that a flat, noisy plateau does not trigger it; 1.0 flags any rise."""
 
     def __post_init__(self) -> None:

@@ -485,7 +485,7 @@ class FederatedLoop:
         losses = [h[key] for h in self.state.history if isinstance(h.get(key), float)]
         if k and key in metrics and len(losses) > k \
                 and all(losses[i] > losses[i - 1] for i in range(len(losses) - k, len(losses))) \
-                and losses[-1] >= ratio * losses[-k - 1]:
+                and losses[-1] - losses[-k - 1] >= (ratio - 1.0) * abs(losses[-k - 1]):  # SimSiam's loss is < 0
             out.append("train_loss_rising")
         loss = metrics.get("train_loss")
         if isinstance(loss, float) and not math.isfinite(loss):

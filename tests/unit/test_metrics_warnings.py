@@ -138,10 +138,12 @@ DEMO_TRAIN_LOSS = [0.2454, 0.2609, 0.2434, 0.2589, 0.2629, 0.2604, 0.2644, 0.284
     ([0.30, 0.31, 0.30, 0.302, 0.304, 0.306, 0.309, 0.30, 0.31, 0.30, 0.31, 0.30, 0.305], 1.1, []),  # plateau
     ([0.30, 0.31, 0.30, 0.302, 0.304, 0.306, 0.309, 0.30, 0.31, 0.30, 0.31, 0.30, 0.305], 1.0, [6, 7]),
     ([0.30, 0.29, 0.28, 0.35, 0.50, 0.90, 1.40, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5], 1.1, list(range(6, 14))),
+    ([-0.90, -0.91, -0.92, -0.915, -0.91, -0.905, -0.90, -0.91, -0.92, -0.93, -0.94, -0.95, -0.96], 1.1, []),
+    ([-0.90, -0.91, -0.92, -0.80, -0.60, -0.40, -0.20, -0.91, -0.92, -0.93, -0.94, -0.95, -0.96], 1.1, [6, 7]),
 ])
 def test_rise_check_follows_the_start_loss(stub_loop, caplog, start, ratio, flagged):
     """With ``train_loss_start`` in the rounds the check follows it, not ``train_loss``; the min ratio keeps a
-    noisy plateau (3 small rises in a row) quiet."""
+    noisy plateau (3 small rises in a row) quiet, also for a negative loss (SimSiam's lies in [-1, 1])."""
     loop = stub_loop
     loop.state = RoundState()
     loop.cfg.fl.rounds, loop.cfg.eval.warn_loss_rise_rounds = len(DEMO_TRAIN_LOSS), 3
