@@ -80,8 +80,8 @@ class RoundLine:
     when there are any. Metrics a round does not have (no evaluation that round) are left out.
     """
 
-    FIELDS = (("train_loss", "loss"), ("train_loss_start", "start_loss"), ("test_acc", "acc"), ("test_balanced_acc", "bal_acc"),
-              ("test_macro_f1", "f1"))
+    FIELDS = (("train_loss", "loss"), ("train_loss_start", "start_loss"), ("test_acc", "acc"),
+              ("test_balanced_acc", "bal_acc"), ("test_macro_f1", "f1"))
 
     def __init__(self, total_rounds: int, stream: Optional[TextIO] = None):
         self.total_rounds, self.stream = total_rounds, stream

@@ -231,14 +231,14 @@ class FedYolo(Algorithm):
         """Train each task the client trains this round, one after the other, on that task's data with its
         module and head (``fl.local`` steps per task, optimizer state reset per task)."""
         trainer.flat.data.copy_(theta_global)
-        loss_sum, seen, steps, last, first = 0.0, 0, 0, 0.0, []
+        loss_sum, seen, steps, last, first = 0.0, 0, 0, 0.0, float("nan")
         for t in sorted(data.parts):
             self.switch.set(t)
             r = trainer.train(data.parts[t], task_seed(seed, t), mask=self.masks[t])
+            first = r.first_loss if steps == 0 else first  # the first task's first batch
             loss_sum, seen, steps, last = loss_sum + r.loss_sum, seen + r.samples_seen, steps + r.steps, r.final_loss
-            first.append(r.first_loss)
         self.switch.set(0)
-        return LocalResult(loss_sum, seen, steps, last, first[0] if first else float("nan"))
+        return LocalResult(loss_sum, seen, steps, last, first)
 
     def after_round(self, loop: "FederatedLoop", round_idx: int) -> dict:
         """Bytes of the round: ``bytes_down_modules`` (each cohort client downloads the modules + heads of the tasks
