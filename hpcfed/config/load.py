@@ -378,35 +378,87 @@ def load_config(source: ConfigSource = (), *, base: Optional[Config] = None,
         layers += _word_layers([str(w) for w in overrides])
     start = start if start is not None else base
     schema = OmegaConf.structured(start) if start is not None else _default_schema()
+    return _compose(schema, layers)
+
+
+def _compose(schema, layers: list[tuple[str, Any]], premerged=None) -> Config:
+    """Merge ``layers`` onto ``schema`` (or onto ``premerged``, the schema with earlier layers merged in), resolve,
+    build the :class:`Config` and import its plugins; OmegaConf's errors become one-line :class:`ConfigError` messages.
+    With ``premerged``, a merge that fails raises the raw OmegaConf error (the caller redoes the whole merge to
+    name the layer)."""
     where = "defaults"
     try:
-        try:  # one merge (one copy of the schema); layer by layer only to name the layer that fails
-            merged = (OmegaConf.merge(schema, *(layer for _, layer in layers)) if layers
-                      else copy.deepcopy(schema))  # resolve() below works in place: never on the cached schema
-        except oc_errors.OmegaConfBaseException:
-            merged = schema
-            for where, layer in layers:
-                merged = OmegaConf.merge(merged, layer)
+        if premerged is not None:
+            merged = OmegaConf.merge(premerged, *(layer for _, layer in layers))
+        else:
+            try:  # one merge (one copy of the schema); layer by layer only to name the layer that fails
+                merged = (OmegaConf.merge(schema, *(layer for _, layer in layers)) if layers
+                          else copy.deepcopy(schema))  # resolve() below works in place: never on the cached schema
+            except oc_errors.OmegaConfBaseException:
+                merged = schema
+                for where, layer in layers:
+                    merged = OmegaConf.merge(merged, layer)
         where = "config"
         OmegaConf.resolve(merged)
         obj = OmegaConf.to_object(merged)
     except ConfigError:
         raise
-    except oc_errors.ConfigKeyError as e:
+    except oc_errors.OmegaConfBaseException as e:
+        if premerged is not None and where == "defaults":
+            raise
+        raise _config_error(e, schema, where) from None
+    assert isinstance(obj, Config)
+    import_plugins(obj.plugins)
+    return obj
+
+
+def _config_error(e: Exception, schema, where: str) -> ConfigError:
+    """The one-line :class:`ConfigError` for an OmegaConf error met while merging/resolving at ``where``."""
+    if isinstance(e, oc_errors.ConfigKeyError):
         key = _full_key(e)
         valid = _valid_keys(schema, key)
         hint = f"; valid keys here: {valid}" if valid else ""
         if key in MOVED_KEYS:
             hint = f"; it moved to {MOVED_KEYS[key]}"
-        raise ConfigError(f"{where}: unknown key '{key}'{hint}") from None
-    except (oc_errors.ValidationError, oc_errors.ConfigTypeError) as e:
-        key = _full_key(e)
-        raise ConfigError(f"{where}: bad value for '{key}': {_first_line(e)}") from None
-    except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(f"{where}: {_first_line(e)}") from None
-    assert isinstance(obj, Config)
-    import_plugins(obj.plugins)
-    return obj
+        return ConfigError(f"{where}: unknown key '{key}'{hint}")
+    if isinstance(e, (oc_errors.ValidationError, oc_errors.ConfigTypeError)):
+        return ConfigError(f"{where}: bad value for '{_full_key(e)}': {_first_line(e)}")
+    return ConfigError(f"{where}: {_first_line(e)}")
+
+
+class SharedPrefixLoader:
+    """Loads many configs whose command-line words start with the same words (a study's cells share
+    ``config=<base> progress=false <base words>``): the shared words' layers are read and merged once.
+
+    ``loader.load(words)`` equals ``load_config([*prefix, *words])``; a ``config=`` word in ``words`` (which
+    :func:`load_config` places before every ``key=value`` word) and any error go through :func:`load_config`
+    itself, so messages name the same file/key. The files are read at the first :meth:`load`; later edits to them
+    are not seen by this loader.
+
+    Args:
+        prefix: the shared words, e.g. ``["config=configs/sst2_minilm_bitfit.yaml", "fl.rounds=3"]``.
+    """
+
+    def __init__(self, prefix: Sequence[str]) -> None:
+        self.prefix = [str(w) for w in prefix]
+        self._merged = None
+
+    def load(self, words: Sequence[str] = ()) -> Config:
+        """The config of ``[*prefix, *words]``.
+
+        Raises:
+            ConfigError: as :func:`load_config`.
+        """
+        words = [str(w) for w in words]
+        if any(w.startswith("config=") for w in words):
+            return load_config([*self.prefix, *words])
+        register_resolvers()
+        try:
+            if self._merged is None:
+                self._merged = OmegaConf.merge(_default_schema(), *(layer for _, layer in _word_layers(self.prefix)))
+            return _compose(_default_schema(), _word_layers(words), premerged=self._merged)
+        except (ConfigError, oc_errors.OmegaConfBaseException):
+            return load_config([*self.prefix, *words])  # raises, naming the layer (or file) that is wrong
 
 
 T = TypeVar("T")

@@ -1,6 +1,7 @@
 """Study files: reading a study YAML (plus command-line words), expanding its grid, cells and seeds into
 :class:`Cell` objects with readable ids, grouping them into arms, adding the cells of its learning-rate
-sweeps, and validating every cell's config through :func:`hpcfed.compose.load_run_config`.
+sweeps, and validating every cell's config as :func:`hpcfed.compose.load_run_config` does (the words the cells
+share merged once, :class:`hpcfed.config.SharedPrefixLoader`).
 
 Nothing here runs anything; :mod:`hpcfed.study.runner` does. The grid and id helpers live in
 :mod:`hpcfed.study.expand`, the statistical keys (``seeds``, ``claims``, ``lr_sweep``, ``metrics``) in
@@ -15,8 +16,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from hpcfed.compose import load_run_config
-from hpcfed.config import Config, ConfigError
+from hpcfed.compose import finish_config
+from hpcfed.config import Config, ConfigError, SharedPrefixLoader
 from hpcfed.study import design
 from hpcfed.study.design import SEED_AXIS, Claim, LrSweep
 from hpcfed.study.errors import StudyError
@@ -113,6 +114,8 @@ class Study:
     """Arm id -> its ``lr_sweep.json`` entry (scores per value, the pick), once known."""
     basin: Any = None
     """The ``basin`` mapping as written (parsed by :func:`hpcfed.study.basin.parse_basin` when used)."""
+    loader: Optional[SharedPrefixLoader] = field(default=None, repr=False, compare=False)
+    """Loads the cells' configs, merging their shared words once (built by :func:`validate_cell`)."""
 
     @property
     def main_cells(self) -> list[Cell]:
@@ -299,8 +302,11 @@ def validate_cell(study: Study, cell: Cell) -> None:
     Raises:
         StudyError: the config is invalid (one line naming the study file, the cell and the key).
     """
+    shared = _shared_words(study)
+    if study.loader is None or study.loader.prefix != shared:
+        study.loader = SharedPrefixLoader(shared)  # the cells' shared words are merged once per study
     try:
-        cell.cfg = load_run_config(cell_argv(study, cell))
+        cell.cfg = finish_config(study.loader.load(_own_words(study, cell)))
     except ConfigError as e:
         raise StudyError(f"study file {study.path}: cell {cell.id}: {e}") from None
 
@@ -309,7 +315,14 @@ def cell_argv(study: Study, cell: Cell) -> list[str]:
     """The ``hpcfed.main`` words of a cell (also what validation loads): ``config=<base_config>``,
     ``progress=false``, base, the cell's own words, its swept value, the command line's overrides, then
     ``name=<cell id> out_dir=<study out_dir>``."""
+    return [*_shared_words(study), *_own_words(study, cell)]
+
+
+def _shared_words(study: Study) -> list[str]:
     words = [f"config={study.base_config}"] if study.base_config else []
+    return [*words, "progress=false", *study.base_words]
+
+
+def _own_words(study: Study, cell: Cell) -> list[str]:
     chosen = [f"{k}={format_value(v)}" for k, v in cell.chosen.items()]
-    return [*words, "progress=false", *study.base_words, *cell.words, *chosen, *study.cli_words,
-            f"name={cell.id}", f"out_dir={study.out_dir}"]
+    return [*cell.words, *chosen, *study.cli_words, f"name={cell.id}", f"out_dir={study.out_dir}"]

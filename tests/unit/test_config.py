@@ -92,3 +92,41 @@ def test_cached_default_schema_is_never_resolved_in_place():
     finally:
         OmegaConf.clear_resolver("minilm_path")
         load_mod.register_resolvers()
+
+
+def test_shared_prefix_loader_equals_load_config(tmp_path):
+    from hpcfed.config import SharedPrefixLoader
+
+    base = tmp_path / "base.yaml"
+    base.write_text("name: base\nfl:\n  rounds: 7\n  local:\n    lr: 0.5\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("fl:\n  rounds: 11\n")
+    prefix = [f"config={base}", "progress=false", "peft.method=lora"]
+    loader = SharedPrefixLoader(prefix)
+    for words in ([], ["fl.rounds=9"], ["fl.local.lr=0.1", "peft.method=bias", "name=x"],
+                  [f"config={other}", "fl.local.lr=0.2"],  # a config= word goes before every key=value word
+                  ["fl.rounds=3"]):
+        got, want = loader.load(words), load_config([*prefix, *words])
+        assert got == want, words
+    # the merged prefix is copied, never changed: a later load does not see an earlier one's words
+    assert loader.load([]).fl.rounds == 7 and loader.load([]).peft.method == "lora"
+    assert loader.load([f"config={other}"]).fl.rounds == 11
+
+
+@pytest.mark.parametrize("prefix, words", [
+    (["progress=false"], ["fl.foo=1"]),
+    (["progress=false"], ["fl.rounds=abc"]),
+    (["fl.roundz=2"], ["fl.rounds=3"]),  # the error is in the shared words
+    (["progress=false"], ["config=/nonexistent.yaml"]),
+])
+def test_shared_prefix_loader_errors_match_load_config(prefix, words):
+    from hpcfed.config import SharedPrefixLoader
+
+    with pytest.raises(ConfigError) as want:
+        load_config([*prefix, *words])
+    loader = SharedPrefixLoader(prefix)
+    with pytest.raises(ConfigError) as got:
+        loader.load(words)
+    assert str(got.value) == str(want.value) and "\n" not in str(got.value)
+    if "fl.roundz=2" not in prefix:
+        assert loader.load(["fl.rounds=4"]).fl.rounds == 4  # a bad cell does not spoil the loader
