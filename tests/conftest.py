@@ -113,7 +113,12 @@ def write_toy_tsv(path, n: int, seed: int) -> None:
 
 @pytest.fixture(scope="session")
 def toy_text(tmp_path_factory):
-    """Config words for a tiny job on the toy TSV; shards prepared once (rank tests then only read them)."""
+    """Config words for a tiny job on the toy TSV; shards prepared once (rank tests then only read them).
+
+    ``checkpoint.export_model=false``: the whole-model copy imports sentence-transformers (~4 s per launched
+    process on the 2-core CI machine, most of a 1-round toy run); test_export*.py cover that export, and
+    test_real_sst2.py runs it in the 2-rank CLI job. ``final/peft.safetensors`` and ``export.json`` are still written.
+    """
     from hpcfed.config import load_config
     from hpcfed.data import prepare_shards
 
@@ -129,7 +134,7 @@ def toy_text(tmp_path_factory):
         "model.path=null", "model.pretrained=false", "model.arch=bert", "model.hidden_size=32",
         "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64", "model.vocab_size=30522",
         "fl.rounds=2", "fl.cohort_size=4", "fl.local.steps=3", "fl.local.batch_size=8", "progress=false",
-        f"out_dir={root / 'runs'}",
+        "checkpoint.export_model=false", f"out_dir={root / 'runs'}",
     ]
     prepare_shards(load_config(words).data, minilm_path())
     return words

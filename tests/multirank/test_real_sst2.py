@@ -53,3 +53,7 @@ def test_main_cli_real_minilm_sst2_two_ranks(mpirun, tmp_path):
     assert all(m["clients"] == 4 and m["bytes_up"] == m["bytes_down"] == 4 * 4 * 26_498 for m in lines)
     acc = lines[-1]["test_acc"]
     assert acc >= 0.70 and acc >= majority + 0.15, f"dev accuracy {acc:.3f} (majority class {majority:.3f})"
+    # the whole-model copy (the toy fixtures switch it off to save the sentence-transformers import per launch)
+    meta = json.loads((run / "final" / "export" / "export.json").read_text())
+    assert meta["model"] == {"folder": "model", "format": "sentence-transformers"}, meta
+    assert (run / "final" / "export" / "model" / "modules.json").is_file()
