@@ -47,10 +47,13 @@ Choices where the paper (or this code base) leaves a detail open — all recorde
 * **A sub-model arm without any distillation**: ``distill_steps=0 align_every=0`` (the paper's central claim is
   that alignment matters; it runs beside the other arms in a study).
 * **No alignment in the last round** (the full model, which is what is evaluated, does not depend on it).
-* **Determinism across processes**: one process distils (``comm.on_main``; stage 1 in :meth:`setup`, stage 2
-  in :meth:`after_round`) and its distilled tensors reach the others by ``comm.broadcast`` (tag ``submodel``).
-  So every process holds bitwise the same sub-model whatever their number; APoZ counts are integers summed
-  exactly in float64.
+* **Determinism across processes**: every process runs the same seeded distillation (stage 1 in :meth:`setup`,
+  stage 2 in :meth:`after_round`), then the main process's distilled tensors overwrite the others' by
+  ``comm.broadcast`` (tag ``submodel``). So every process holds bitwise the same sub-model whatever their
+  number; APoZ counts are integers summed exactly in float64. Not ``comm.on_main``: the others would wait in the
+  broadcast for the whole distillation, a wait bounded by ``dist.timeout_s`` (600 s), and on MPNet-base 100
+  stage-1 steps take ~10 min on one CPU core, so the job died in gloo's timeout. Each rank owns its device (or its
+  share of the cores), so the redundant distillation costs no wall time.
 * **Communication**: only the flat LoRA(+head) buffer is aggregated (the loop counts ``bytes_up`` /
   ``bytes_down``). A real deployment also ships the sub-model once (``submodel_bytes``) and, after each
   alignment, its re-distilled FFN tensors (``align_bytes_down`` per client) and receives the APoZ counts
@@ -249,8 +252,8 @@ class FedPFT(Algorithm):
         return sub, flat
 
     def setup(self, loop: "FederatedLoop") -> None:
-        """Stage 1 (layer-level distillation) on one process, its result shared exactly with every process; hooks for
-        APoZ counting on the sub-model."""
+        """Stage 1 (layer-level distillation) on every process, the main one's result shared exactly with the
+        others; hooks for APoZ counting on the sub-model."""
         if self.layers and self.p.align_every > 0:
             self._apoz = sm.ApozCounter(loop.model.backbone, self.layers)
         if self.p.distill_steps > 0 and self.layers:
@@ -258,10 +261,9 @@ class FedPFT(Algorithm):
             rep = self._distill_shared(loop, frozen=None, steps=self.p.distill_steps, lr=self.p.distill_lr,
                                        seed=self.p.public_seed, weight_alpha=self.p.weight_alpha)
             self._info["stage1_s"] = time.perf_counter() - t0
-            if rep is not None:
-                self._info.update(stage1_loss_first=rep.loss_first, stage1_loss_last=rep.loss_last)
-                log.info("fedpft stage 1: %d steps, loss %.4f -> %.4f (%.1f s)", rep.steps, rep.loss_first,
-                         rep.loss_last, self._info["stage1_s"])
+            self._info.update(stage1_loss_first=rep.loss_first, stage1_loss_last=rep.loss_last)
+            log.info("fedpft stage 1: %d steps, loss %.4f -> %.4f (%.1f s)", rep.steps, rep.loss_first,
+                     rep.loss_last, self._info["stage1_s"])
 
     def _public_data(self, loop) -> ClientData:
         if self._public is None:
@@ -270,8 +272,12 @@ class FedPFT(Algorithm):
 
     def _distill_shared(self, loop, *, frozen, steps: int, lr: float, seed: int, weight_alpha: float,
                         warmup: float = 0.0, train_layernorm: bool = True):
-        """Distil on the main process (``comm.on_main``), then broadcast its distilled tensors to the others
-        (tag ``submodel``): every process holds bitwise the same sub-model."""
+        """Distil on every process (the same seeded steps), then broadcast the main process's distilled tensors
+        to the others (tag ``submodel``): every process holds bitwise the same sub-model. Returns this process's
+        :class:`DistillReport` (its losses; the processes ran the same steps).
+
+        Every process distils rather than ``comm.on_main`` so that no process waits in a collective for the
+        whole distillation: that wait is bounded by ``dist.timeout_s`` and a long distillation outlasted it."""
         student = loop.model.backbone
         params = sm.distilled_params(student, self.layers, with_layernorm=True)
 
@@ -283,7 +289,7 @@ class FedPFT(Algorithm):
                               weight_alpha=weight_alpha, frozen=frozen, warmup=warmup,
                               train_layernorm=train_layernorm, weight_term_grad=self.p.weight_term == "trained")
 
-        rep = loop.comm.on_main(distil, share_result=False)
+        rep = distil()
         buf = loop.comm.broadcast(sm.pack_params(params), tag="submodel")
         sm.unpack_params_(params, buf)
         return rep
@@ -315,7 +321,7 @@ class FedPFT(Algorithm):
 
     def after_round(self, loop: "FederatedLoop", round_idx: int) -> dict:
         """Every ``align_every`` rounds: all-reduce the APoZ counts (tag ``apoz``), freeze, re-distil on
-        one process and share the sub-model (tag ``submodel``). Returns client-compute and alignment metrics."""
+        every process and share the main one's sub-model (tag ``submodel``). Returns client-compute and alignment metrics."""
         out = {"client_step_ms": 1000.0 * self._train_s / max(self._train_steps, 1)}
         if not self._align_round(round_idx):
             return out
@@ -341,8 +347,7 @@ class FedPFT(Algorithm):
             "align_bytes_down": 4 * (n_trained * (2 * d + 1) + len(self.layers) * d),
             "align_s": time.perf_counter() - t0,
         })
-        if rep is not None:
-            out.update(align_loss_first=rep.loss_first, align_loss_last=rep.loss_last)
+        out.update(align_loss_first=rep.loss_first, align_loss_last=rep.loss_last)
         return out
 
     # -- evaluation and state -------------------------------------------------------------------------

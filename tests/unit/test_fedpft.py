@@ -4,6 +4,7 @@ aggregation, on hand-computed tiny cases (hpcfed/algorithms/fedpft.py, hpcfed/al
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -395,3 +396,47 @@ def test_state_roundtrip_restores_the_submodel(toy_text):
     alg.load_state(st)
     assert torch.equal(sm.pack_params(params), st["submodel"])
     assert not math.isnan(sum(float(v.sum()) for v in st.values()))
+
+
+class _OtherRankComm(_TwoRankComm):
+    """Rank 1 of a fake world of two: the main process's sub-model arrives by ``broadcast`` (here: the tensor
+    sent plus ``shift``, so that the test can tell whose tensors the student ends with); ``on_main`` must not be
+    used, because this rank would wait in it for the whole distillation."""
+
+    rank = 1
+
+    def __init__(self, shift: float):
+        super().__init__(torch.zeros(()))
+        self.shift = shift
+
+    def broadcast(self, t, *, tag="broadcast"):
+        self.tags.append(tag)
+        return t + self.shift if tag == "submodel" else t
+
+    def on_main(self, fn, *, share_result=True):
+        raise AssertionError("distillation through on_main: the other processes wait in a collective for all "
+                             "of it, bounded by dist.timeout_s")
+
+
+def test_every_process_distils_then_takes_the_main_sub_model(toy_text, monkeypatch):
+    """Regression (MPNet, 2026-12-02): distilling on the main process only left the others in a broadcast for
+    ~10 min, past gloo's dist.timeout_s. Every process now runs the distillation and then takes the main
+    process's tensors."""
+    loop = _loop(toy_text + FEDPFT + ["fl.rounds=1", "fl.algo.align_every=0", "fl.algo.distill_steps=0"])
+    alg: FedPFT = loop.algorithm
+    calls = []
+
+    def fake_distill(teacher, student, layers, data, **kw):
+        calls.append(kw["steps"])
+        return sm.DistillReport(1.0, 0.5, kw["steps"])
+
+    monkeypatch.setattr(sm, "distill", fake_distill)
+    loop.comm = _OtherRankComm(shift=0.25)
+    params = sm.distilled_params(loop.model.backbone, alg.layers, with_layernorm=True)
+    before = sm.pack_params(params).clone()
+    alg.p = replace(alg.p, distill_steps=5)
+    alg.setup(loop)
+    assert calls == [5], "this (non-main) process did not distil"
+    assert loop.comm.tags == ["submodel"]
+    assert torch.equal(sm.pack_params(params), before + 0.25)  # the main process's tensors, not its own
+    assert alg._info["stage1_loss_last"] == 0.5
