@@ -52,8 +52,8 @@ Choices where the paper (or this code base) leaves a detail open — all recorde
   ``comm.broadcast`` (tag ``submodel``). So every process holds bitwise the same sub-model whatever their
   number; APoZ counts are integers summed exactly in float64. Not ``comm.on_main``: the others would wait in the
   broadcast for the whole distillation, a wait bounded by ``dist.timeout_s`` (600 s), and on MPNet-base 100
-  stage-1 steps take ~10 min on one CPU core, so the job died in gloo's timeout. Each rank owns its device (or its
-  share of the cores), so the redundant distillation costs no wall time.
+  stage-1 steps take over 20 min on one CPU core, so the job died in gloo's timeout. Each rank owns its device
+  (or its share of the cores), so the redundant distillation costs no wall time.
 * **Communication**: only the flat LoRA(+head) buffer is aggregated (the loop counts ``bytes_up`` /
   ``bytes_down``). A real deployment also ships the sub-model once (``submodel_bytes``) and, after each
   alignment, its re-distilled FFN tensors (``align_bytes_down`` per client) and receives the APoZ counts

@@ -420,7 +420,7 @@ class _OtherRankComm(_TwoRankComm):
 
 def test_every_process_distils_then_takes_the_main_sub_model(toy_text, monkeypatch):
     """Regression (MPNet, 2026-12-02): distilling on the main process only left the others in a broadcast for
-    ~10 min, past gloo's dist.timeout_s. Every process now runs the distillation and then takes the main
+    over 10 min, past gloo's dist.timeout_s. Every process now runs the distillation and then takes the main
     process's tensors."""
     loop = _loop(toy_text + FEDPFT + ["fl.rounds=1", "fl.algo.align_every=0", "fl.algo.distill_steps=0"])
     alg: FedPFT = loop.algorithm
