@@ -321,7 +321,8 @@ class FedPFT(Algorithm):
 
     def after_round(self, loop: "FederatedLoop", round_idx: int) -> dict:
         """Every ``align_every`` rounds: all-reduce the APoZ counts (tag ``apoz``), freeze, re-distil on
-        every process and share the main one's sub-model (tag ``submodel``). Returns client-compute and alignment metrics."""
+        every process and share the main one's sub-model (tag ``submodel``). Returns client-compute and
+        alignment metrics. Every process reads the public rows (``fl.algo.public_source``)."""
         out = {"client_step_ms": 1000.0 * self._train_s / max(self._train_steps, 1)}
         if not self._align_round(round_idx):
             return out
