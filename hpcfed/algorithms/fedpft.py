@@ -281,15 +281,12 @@ class FedPFT(Algorithm):
         student = loop.model.backbone
         params = sm.distilled_params(student, self.layers, with_layernorm=True)
 
-        def distil():
-            self.full_flat.data.copy_(loop.theta_global)  # the teacher carries the current global LoRA
-            loop.flat.data.copy_(loop.theta_global)
-            return sm.distill(self.full_model.backbone, student, self.layers, self._public_data(loop), steps=steps,
-                              batch_size=self.p.distill_batch_size, lr=lr, seed=seed, device=loop.device,
-                              weight_alpha=weight_alpha, frozen=frozen, warmup=warmup,
-                              train_layernorm=train_layernorm, weight_term_grad=self.p.weight_term == "trained")
-
-        rep = distil()
+        self.full_flat.data.copy_(loop.theta_global)  # the teacher carries the current global LoRA
+        loop.flat.data.copy_(loop.theta_global)
+        rep = sm.distill(self.full_model.backbone, student, self.layers, self._public_data(loop), steps=steps,
+                         batch_size=self.p.distill_batch_size, lr=lr, seed=seed, device=loop.device,
+                         weight_alpha=weight_alpha, frozen=frozen, warmup=warmup,
+                         train_layernorm=train_layernorm, weight_term_grad=self.p.weight_term == "trained")
         buf = loop.comm.broadcast(sm.pack_params(params), tag="submodel")
         sm.unpack_params_(params, buf)
         return rep
