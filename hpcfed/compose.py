@@ -105,23 +105,24 @@ def load_run_config(argv: Sequence[str] = ()) -> Config:
 
 
 def prepare_data_collectively(cfg: Config, comm) -> Path:
-    """Rank 0 makes sure the shards exist (preparing them once); the others wait for its verdict.
+    """Rank 0 makes sure the shards exist (preparing them once); the others wait for its verdict, however long
+    it takes (:func:`hpcfed.dist.comm.main_then_share`'s heartbeat keeps their waits under ``dist.timeout_s``).
 
     Raises:
         DataError: on every rank, with rank 0's message, when preparation failed.
     """
     from hpcfed.data import DataError, ensure_prepared
+    from hpcfed.dist.comm import main_then_share
 
     tokenizer = cfg.data.tokenizer or cfg.model.path
-    result: tuple[str, str]
-    if comm.rank == 0:
+
+    def prepare() -> tuple[str, str]:
         try:
-            result = ("ok", str(ensure_prepared(cfg.data, tokenizer)))
+            return ("ok", str(ensure_prepared(cfg.data, tokenizer)))
         except (DataError, ConfigError) as e:
-            result = ("error", str(e))
-    else:
-        result = ("", "")
-    result = comm.broadcast_object(result, src=0)
+            return ("error", str(e))
+
+    result = main_then_share(comm, prepare)  # heartbeats: a preparation longer than dist.timeout_s is fine
     if result[0] != "ok":
         raise DataError(result[1])
     return Path(result[1])

@@ -70,7 +70,7 @@ def run(cfg: Config, callbacks: Sequence = ()) -> dict:
     t_start = time.perf_counter()
     rt = init_runtime(device=cfg.dist.device, backend=cfg.dist.backend, timeout_s=cfg.dist.timeout_s,
                       num_threads=cfg.dist.num_threads)
-    comm = make_comm()
+    comm = make_comm(timeout_s=cfg.dist.timeout_s)
     stop_flag = StopFlag().install()
     try:
         run_dir = cfg.run_dir

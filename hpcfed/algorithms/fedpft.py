@@ -50,10 +50,10 @@ Choices where the paper (or this code base) leaves a detail open — all recorde
 * **Determinism across processes**: every process runs the same seeded distillation (stage 1 in :meth:`setup`,
   stage 2 in :meth:`after_round`), then the main process's distilled tensors overwrite the others' by
   ``comm.broadcast`` (tag ``submodel``). So every process holds bitwise the same sub-model whatever their
-  number; APoZ counts are integers summed exactly in float64. Not ``comm.on_main``: the others would wait in the
-  broadcast for the whole distillation, a wait bounded by ``dist.timeout_s`` (600 s), and on MPNet-base 100
-  stage-1 steps take over 20 min on one CPU core, so the job died in gloo's timeout. Each rank owns its device
-  (or its share of the cores), so the redundant distillation costs no wall time.
+  number; APoZ counts are integers summed exactly in float64. Not ``comm.on_main``: the others would idle for the
+  whole distillation (on MPNet-base 100 stage-1 steps take over 20 min on one CPU core; before ``on_main`` had a
+  heartbeat, that wait also outlasted ``dist.timeout_s`` and killed the job). Each rank owns its device (or its
+  share of the cores), so the redundant distillation costs no wall time.
 * **Communication**: only the flat LoRA(+head) buffer is aggregated (the loop counts ``bytes_up`` /
   ``bytes_down``). A real deployment also ships the sub-model once (``submodel_bytes``) and, after each
   alignment, its re-distilled FFN tensors (``align_bytes_down`` per client) and receives the APoZ counts
@@ -276,8 +276,8 @@ class FedPFT(Algorithm):
         to the others (tag ``submodel``): every process holds bitwise the same sub-model. Returns this process's
         :class:`DistillReport` (its losses; the processes ran the same steps).
 
-        Every process distils rather than ``comm.on_main`` so that no process waits in a collective for the
-        whole distillation: that wait is bounded by ``dist.timeout_s`` and a long distillation outlasted it."""
+        Every process distils rather than ``comm.on_main`` so that no process idles for the whole distillation
+        (which, before ``on_main`` had a heartbeat, also outlasted ``dist.timeout_s``)."""
         student = loop.model.backbone
         params = sm.distilled_params(student, self.layers, with_layernorm=True)
 

@@ -12,6 +12,7 @@ data set).
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
@@ -23,6 +24,15 @@ T = TypeVar("T")
 GATHER_CHUNK_BYTES = 256 << 20
 """Default bound on the receive buffer of one step of :meth:`Comm.all_gather` (world × max rows × columns ×
 element size, in bytes); wider inputs are gathered in column chunks so the temporary memory stays bounded."""
+
+HEARTBEAT_S = 30.0
+"""Default seconds between the main process's "still working" broadcasts while it runs a one-process step
+(:func:`main_then_share`: :meth:`Comm.on_main`, data preparation). The other processes wait for that step in a
+collective, which the process group bounds by ``dist.timeout_s``; without a heartbeat, a step longer than the
+timeout (a large dataset's preparation, a long distillation) kills them with the backend's raw timeout error.
+``hpcfed.main`` uses min(HEARTBEAT_S, dist.timeout_s / 4) (:func:`make_comm`)."""
+
+_WORKING = ("working", None)
 
 
 class Comm(Protocol):
@@ -91,23 +101,75 @@ class MainFailed(RuntimeError):
     """Raised on the other processes when :meth:`Comm.on_main`'s function failed on the main one."""
 
 
+def main_then_share(comm, fn: Callable[[], tuple]) -> tuple:
+    """Run ``fn`` on the main process (rank 0) and return its result on every process, however long it takes.
+
+    While ``fn`` runs, a daemon thread on the main process broadcasts a "still working" message every
+    ``comm.heartbeat_s`` seconds (default :data:`HEARTBEAT_S`); the others receive until the result comes. Each
+    of their waits is then short, so the process group's timeout (``dist.timeout_s``) still catches a dead peer
+    but no longer kills a step that is merely long. ``fn`` runs in the caller's thread (grad mode, signals and
+    the CUDA device are the caller's); only the heartbeat thread issues collectives while it runs, so ``fn``
+    must issue none. A step shorter than the heartbeat costs one broadcast, as before.
+
+    Args:
+        comm: any communicator with ``rank`` and ``broadcast_object`` (:class:`CountingComm` counts the
+            heartbeats as ``broadcast_object`` calls).
+        fn: called on rank 0 only; returns a small picklable tuple whose first item is not ``"working"``.
+
+    Returns:
+        ``fn()``'s tuple on every process.
+
+    Raises:
+        Whatever ``fn`` raises, on the main process only, after the heartbeat thread stopped; the others then
+        wait for the result until the process group's timeout (callers catch and share errors, see
+        :func:`_on_main`).
+    """
+    if comm.rank != 0:
+        result = comm.broadcast_object(None, src=0)
+        while result == _WORKING:
+            result = comm.broadcast_object(None, src=0)
+        return result
+    stop = threading.Event()
+    cuda_device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    interval_s = float(getattr(comm, "heartbeat_s", HEARTBEAT_S))
+
+    def beat() -> None:
+        if cuda_device is not None:  # the CUDA current device is per thread: NCCL's object broadcast uses it
+            torch.cuda.set_device(cuda_device)
+        while not stop.wait(interval_s):
+            comm.broadcast_object(_WORKING, src=0)
+
+    thread = threading.Thread(target=beat, name="hpcfed-main-heartbeat", daemon=True)
+    thread.start()
+    try:
+        result = fn()
+    finally:
+        stop.set()
+        thread.join()  # a heartbeat in flight completes: the others are receiving
+    return comm.broadcast_object(result, src=0)
+
+
 def _on_main(comm, fn, share_result: bool):
-    """:meth:`Comm.on_main` for any communicator with ``rank`` and ``broadcast_object``."""
-    result: tuple[str, Any] = ("ok", None)
+    """:meth:`Comm.on_main` for any communicator with ``rank`` and ``broadcast_object`` (through
+    :func:`main_then_share`, so a step longer than the process group's timeout does not fail the others)."""
     error: BaseException | None = None
-    if comm.rank == 0:
+    out: Any = None
+
+    def run() -> tuple[str, Any]:
+        nonlocal error, out
         try:
             out = fn()
-            result = ("ok", out if share_result else None)
+            return ("ok", out if share_result else None)
         except Exception as e:  # noqa: BLE001 - re-raised below, after the others learned of it
             error = e
-            result = ("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    result = comm.broadcast_object(result, src=0)
+            return ("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+    result = main_then_share(comm, run)
     if error is not None:
         raise error
     if result[0] == "error":
         raise MainFailed(result[1])
-    return result[1] if share_result else (out if comm.rank == 0 else None)
+    return result[1] if share_result else out
 
 
 def _share(comm, items):
@@ -195,9 +257,14 @@ class LocalComm:
 class TorchDistComm:
     """torch.distributed communicator (NCCL on CUDA, gloo on CPU) over the default process group."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat_s: float = HEARTBEAT_S) -> None:
+        """``heartbeat_s``: seconds between the main process's "still working" broadcasts during a one-process
+        step (:func:`main_then_share`); keep it well under the process group's timeout."""
         if not dist.is_initialized():
             raise RuntimeError("TorchDistComm needs an initialized process group")
+        if not heartbeat_s > 0:
+            raise ValueError(f"heartbeat_s must be > 0 seconds, got {heartbeat_s}")
+        self.heartbeat_s = float(heartbeat_s)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
 
@@ -250,6 +317,11 @@ class CountingComm:
         self.calls: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
 
+    @property
+    def heartbeat_s(self) -> float:
+        """The wrapped communicator's heartbeat (:func:`main_then_share`)."""
+        return float(getattr(self.inner, "heartbeat_s", HEARTBEAT_S))
+
     def all_reduce_sum(self, tensor: torch.Tensor, *, tag: str = "aggregate") -> torch.Tensor:
         self.calls[tag] += 1
         self.bytes[tag] += tensor.numel() * tensor.element_size()
@@ -289,6 +361,11 @@ class CountingComm:
         return self.inner.shard
 
 
-def make_comm() -> Comm:
-    """The communicator of this process: torch.distributed when a group is up, else :class:`LocalComm`."""
-    return TorchDistComm() if dist.is_available() and dist.is_initialized() else LocalComm()
+def make_comm(*, timeout_s: float | None = None) -> Comm:
+    """The communicator of this process: torch.distributed when a group is up, else :class:`LocalComm`.
+
+    ``timeout_s``: the process group's collective timeout (``dist.timeout_s``, seconds); the heartbeat of
+    one-process steps (:func:`main_then_share`) is then min(:data:`HEARTBEAT_S`, timeout_s / 4)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return LocalComm()
+    return TorchDistComm(HEARTBEAT_S if timeout_s is None else min(HEARTBEAT_S, timeout_s / 4))
