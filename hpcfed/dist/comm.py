@@ -33,6 +33,7 @@ timeout (a large dataset's preparation, a long distillation) kills them with the
 ``hpcfed.main`` uses min(HEARTBEAT_S, dist.timeout_s / 4) (:func:`make_comm`)."""
 
 _WORKING = ("working", None)
+_in_main_step = threading.local()  # .active: this thread is inside main_then_share's fn (nesting is an error)
 
 
 class Comm(Protocol):
@@ -106,10 +107,13 @@ def main_then_share(comm, fn: Callable[[], tuple]) -> tuple:
 
     While ``fn`` runs, a daemon thread on the main process broadcasts a "still working" message every
     ``comm.heartbeat_s`` seconds (default :data:`HEARTBEAT_S`); the others receive until the result comes. Each
-    of their waits is then short, so the process group's timeout (``dist.timeout_s``) still catches a dead peer
-    but no longer kills a step that is merely long. ``fn`` runs in the caller's thread (grad mode, signals and
-    the CUDA device are the caller's); only the heartbeat thread issues collectives while it runs, so ``fn``
-    must issue none. A step shorter than the heartbeat costs one broadcast, as before.
+    of their waits is then short, so on the waiting processes the process group's timeout (``dist.timeout_s``)
+    still catches a dead main process, but no longer kills a step that is merely long. The main process learns
+    of a dead peer from its next heartbeat, which fails; it raises that error once ``fn`` has returned. ``fn``
+    runs in the caller's thread (grad mode, signals and the CUDA device are the caller's); only the heartbeat
+    thread issues collectives while it runs, so ``fn`` must issue none (a nested call raises). A C call in
+    ``fn`` that holds the GIL for longer than ``dist.timeout_s`` − ``heartbeat_s`` would delay the heartbeat
+    past the timeout. A step shorter than the heartbeat costs one broadcast, as before.
 
     Args:
         comm: any communicator with ``rank`` and ``broadcast_object`` (:class:`CountingComm` counts the
@@ -123,29 +127,44 @@ def main_then_share(comm, fn: Callable[[], tuple]) -> tuple:
         Whatever ``fn`` raises, on the main process only, after the heartbeat thread stopped; the others then
         wait for the result until the process group's timeout (callers catch and share errors, see
         :func:`_on_main`).
+        RuntimeError: on the main process, a heartbeat failed (a peer died; the backend's error is chained), or
+            ``fn`` called :func:`main_then_share` (or ``on_main``) itself.
     """
     if comm.rank != 0:
         result = comm.broadcast_object(None, src=0)
         while result == _WORKING:
             result = comm.broadcast_object(None, src=0)
         return result
+    if getattr(_in_main_step, "active", False):
+        raise RuntimeError("main_then_share/on_main called inside another one: its function must issue no "
+                           "collective (the heartbeat thread is the only one that may while it runs)")
     stop = threading.Event()
+    failure: list[BaseException] = []
     cuda_device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     interval_s = float(getattr(comm, "heartbeat_s", HEARTBEAT_S))
 
     def beat() -> None:
-        if cuda_device is not None:  # the CUDA current device is per thread: NCCL's object broadcast uses it
-            torch.cuda.set_device(cuda_device)
-        while not stop.wait(interval_s):
-            comm.broadcast_object(_WORKING, src=0)
+        try:
+            if cuda_device is not None:  # the CUDA current device is per thread: NCCL's object broadcast uses it
+                torch.cuda.set_device(cuda_device)
+            while not stop.wait(interval_s):
+                comm.broadcast_object(_WORKING, src=0)
+        except BaseException as e:  # noqa: BLE001 - raised on the caller's thread after the join
+            failure.append(e)
 
     thread = threading.Thread(target=beat, name="hpcfed-main-heartbeat", daemon=True)
+    _in_main_step.active = True
     thread.start()
     try:
         result = fn()
     finally:
         stop.set()
         thread.join()  # a heartbeat in flight completes: the others are receiving
+        _in_main_step.active = False
+    if failure:
+        raise RuntimeError(f"a heartbeat broadcast of the main process failed (a peer died?): "
+                           f"{type(failure[0]).__name__}: {str(failure[0]).splitlines()[0] if str(failure[0]) else ''}"
+                           ) from failure[0]
     return comm.broadcast_object(result, src=0)
 
 

