@@ -6,6 +6,7 @@ import json
 import time
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -128,11 +129,9 @@ class _DeadPeerComm:
 def test_a_failed_heartbeat_is_raised_on_the_main_process_after_the_step():
     done = []
     step = lambda: (time.sleep(0.3), done.append(1), ("ok", 1))[-1]  # noqa: E731
-    try:
+    with pytest.raises(RuntimeError) as info:
         main_then_share(_DeadPeerComm(), step)
-        raise AssertionError("no error")
-    except RuntimeError as e:
-        assert str(e) == ("a heartbeat broadcast of the main process failed (a peer died?): RuntimeError: "
-                          "Connection closed by peer [127.0.0.1]:1234")
-        assert isinstance(e.__cause__, RuntimeError)
+    assert str(info.value) == ("a heartbeat broadcast of the main process failed (a peer died?): RuntimeError: "
+                               "Connection closed by peer [127.0.0.1]:1234")
+    assert isinstance(info.value.__cause__, RuntimeError)
     assert done == [1]  # the step itself ran to its end
