@@ -102,6 +102,11 @@ class MainFailed(RuntimeError):
     """Raised on the other processes when :meth:`Comm.on_main`'s function failed on the main one."""
 
 
+def _describe(e: BaseException) -> str:
+    """``Type: first line of the message`` (one line, for an error sent to or raised on another process)."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def main_then_share(comm, fn: Callable[[], tuple]) -> tuple:
     """Run ``fn`` on the main process (rank 0) and return its result on every process, however long it takes.
 
@@ -163,8 +168,7 @@ def main_then_share(comm, fn: Callable[[], tuple]) -> tuple:
         _in_main_step.active = False
     if failure:
         raise RuntimeError(f"a heartbeat broadcast of the main process failed (a peer died?): "
-                           f"{type(failure[0]).__name__}: {str(failure[0]).splitlines()[0] if str(failure[0]) else ''}"
-                           ) from failure[0]
+                           f"{_describe(failure[0])}") from failure[0]
     return comm.broadcast_object(result, src=0)
 
 
@@ -181,7 +185,7 @@ def _on_main(comm, fn, share_result: bool):
             return ("ok", out if share_result else None)
         except Exception as e:  # noqa: BLE001 - re-raised below, after the others learned of it
             error = e
-            return ("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            return ("error", _describe(e))
 
     result = main_then_share(comm, run)
     if error is not None:
