@@ -59,7 +59,7 @@ from hpcfed.study.outputs import (
     run_dir,
 )
 from hpcfed.study.report import columns, report, write_plots, write_table
-from hpcfed.study.runner import (STOP_GRACE_S, SUPERSEDED_DIR, adopt_reusable, cell_command, error_tail,
+from hpcfed.study.runner import (STOP_GRACE_S, SUPERSEDED_DIR, adopt_reusable, cell_command, cell_ranks, error_tail,
                                  find_reusable, mpirun_path, run_cell, run_study, set_aside_superseded)
 from hpcfed.study.spec import (
     CLI_STUDY_KEYS,
@@ -79,8 +79,8 @@ __all__ = [
     "CLI_STUDY_KEYS", "COMMANDS", "Claim", "Estimate", "LOG_FILE", "LrSweep", "MAX_ID_CHARS", "METRICS_FILE",
     "METRIC_COLUMNS", "NUMERIC_METRICS", "Paired", "RECORD_FILE", "RESERVED_CONFIG_KEYS", "STOP_GRACE_S",
     "STUDY_KEYS", "SWEEP_FILE", "Cell", "Study", "StudyError", "adopt_reusable", "arm_table", "atomic_write",
-    "cell_argv", "cell_command", "claim_table", "cli", "collect", "columns", "error_tail", "find_reusable",
-    "is_complete", "list_cells",
+    "cell_argv", "cell_command", "cell_ranks", "claim_table", "cli", "collect", "columns", "error_tail",
+    "find_reusable", "is_complete", "list_cells",
     "load_study", "mean_ci", "mpirun_path", "paired_differences", "parse_cells", "read_json", "read_metrics",
     "report", "resolve_sweeps", "run_cell", "run_dir", "run_study", "select_cells", "SUPERSEDED_DIR",
     "set_aside_superseded", "t_quantile", "verdict",

