@@ -21,8 +21,8 @@ from hpcfed.config.checks import (
 )
 from hpcfed.config.keys import describe_keys, field_docs
 from hpcfed.config.load import (
-    MOVED_KEYS, PLUGIN_GROUP, Config, SharedPrefixLoader, import_plugins, load_config, minilm_path, register_resolvers,
-    resolved,
+    MOVED_KEYS, PLUGIN_GROUP, Config, SharedPrefixLoader, first_line, import_plugins, load_config, minilm_path,
+    register_resolvers, resolved,
 )
 from hpcfed.config.sections import (
     AGGREGATORS, ATTACKS, DATA_KINDS, LABEL_MODES, LOCAL_OPTIMIZERS, MODEL_FAMILIES, PARTITIONS, ROBUST_AGGREGATORS,
@@ -32,8 +32,8 @@ from hpcfed.config.sections import (
 
 __all__ = [
     "REPO_ROOT", "ConfigError", "check_choice", "check_fraction", "check_positive", "default_cache_root",
-    "default_data_root", "describe_keys", "field_docs", "MOVED_KEYS", "PLUGIN_GROUP", "Config", "import_plugins",
-    "load_config", "minilm_path", "register_resolvers", "resolved", "SharedPrefixLoader",
+    "default_data_root", "describe_keys", "field_docs", "first_line", "MOVED_KEYS", "PLUGIN_GROUP", "Config",
+    "import_plugins", "load_config", "minilm_path", "register_resolvers", "resolved", "SharedPrefixLoader",
     "AGGREGATORS", "ATTACKS", "DATA_KINDS", "LABEL_MODES", "LOCAL_OPTIMIZERS", "MODEL_FAMILIES", "PARTITIONS",
     "ROBUST_AGGREGATORS", "AttackConfig", "CheckpointConfig", "DataConfig", "DistConfig", "DPConfig", "EvalConfig",
     "FLConfig", "LocalConfig", "ModelConfig", "PeftConfig", "ServerOptConfig", "check_attack",

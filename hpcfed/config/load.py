@@ -213,7 +213,7 @@ def import_plugins(names: Sequence[str] = (), *, entry_points: bool = True) -> N
                 raise
             except Exception as e:  # noqa: BLE001 - a plugin's own failure, whatever it is: one line
                 raise ConfigError(f"entry point {ep.name} = {ep.value} (group {PLUGIN_GROUP}): failed to load "
-                                  f"({type(e).__name__}: {_first_line(e)})") from None
+                                  f"({type(e).__name__}: {first_line(e)})") from None
         _entry_points_imported = True
     for name in names:
         try:
@@ -221,10 +221,14 @@ def import_plugins(names: Sequence[str] = (), *, entry_points: bool = True) -> N
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - ImportError, SyntaxError, or anything the module raises
-            raise ConfigError(f"plugins: cannot import {name!r} ({type(e).__name__}: {_first_line(e)})") from None
+            raise ConfigError(f"plugins: cannot import {name!r} ({type(e).__name__}: {first_line(e)})") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors.
+
+    Every "file or key: what is wrong (first line of the cause)" error of hpcfed quotes its cause through this.
+    """
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -281,7 +285,7 @@ def _yaml_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[str, An
     try:
         loaded = OmegaConf.load(path)
     except Exception as e:  # noqa: BLE001 - yaml.YAMLError and friends
-        raise ConfigError(f"{where}: not valid YAML ({_first_line(e)})") from None
+        raise ConfigError(f"{where}: not valid YAML ({first_line(e)})") from None
     if not OmegaConf.is_dict(loaded):
         raise ConfigError(f"{where}: top level must be a mapping")
     return _with_defaults(loaded, where, path.parent, stack + (path.resolve(),))
@@ -302,7 +306,7 @@ def _mapping_layers(values: Mapping[str, Any], where: str) -> list[tuple[str, An
     try:
         own = OmegaConf.create(nested)
     except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(f"{where}: {_first_line(e)}") from None
+        raise ConfigError(f"{where}: {first_line(e)}") from None
     return _with_defaults(own, where, Path.cwd(), ())
 
 
@@ -321,9 +325,9 @@ def _word_layers(words: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             layers.append(("command line", OmegaConf.from_dotlist([word])))
         except oc_errors.OmegaConfBaseException as e:
-            raise ConfigError(f"command line: cannot parse {word!r} ({_first_line(e)})") from None
+            raise ConfigError(f"command line: cannot parse {word!r} ({first_line(e)})") from None
         except Exception as e:  # noqa: BLE001 - yaml errors on values such as control characters
-            raise ConfigError(f"command line: cannot parse {word!r} ({_first_line(e)})") from None
+            raise ConfigError(f"command line: cannot parse {word!r} ({first_line(e)})") from None
     return layers
 
 
@@ -422,8 +426,8 @@ def _config_error(e: Exception, schema, where: str) -> ConfigError:
             hint = f"; it moved to {MOVED_KEYS[key]}"
         return ConfigError(f"{where}: unknown key '{key}'{hint}")
     if isinstance(e, (oc_errors.ValidationError, oc_errors.ConfigTypeError)):
-        return ConfigError(f"{where}: bad value for '{_full_key(e)}': {_first_line(e)}")
-    return ConfigError(f"{where}: {_first_line(e)}")
+        return ConfigError(f"{where}: bad value for '{_full_key(e)}': {first_line(e)}")
+    return ConfigError(f"{where}: {first_line(e)}")
 
 
 class SharedPrefixLoader:
@@ -488,5 +492,5 @@ def resolved(section: T) -> T:
     try:
         out = OmegaConf.to_object(OmegaConf.structured(section))
     except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(f"{type(section).__name__}: cannot resolve interpolation ({_first_line(e)})") from None
+        raise ConfigError(f"{type(section).__name__}: cannot resolve interpolation ({first_line(e)})") from None
     return out

@@ -18,9 +18,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from hpcfed.config import ConfigError, DataConfig
+from hpcfed.config import ConfigError, DataConfig, first_line
 from hpcfed.data.errors import DataError
-from hpcfed.data.shards import first_line
 from hpcfed.data.sources import (
     TEXT_EXTENSIONS, TextTable, encode_labels, image_preprocessing, label_vocabulary, stack_images,
 )

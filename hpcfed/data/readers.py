@@ -18,10 +18,9 @@ from typing import Optional
 
 import numpy as np
 
-from hpcfed.config import ConfigError, DataConfig
+from hpcfed.config import ConfigError, DataConfig, first_line
 from hpcfed.data.errors import DataError
 from hpcfed.data.hfsource import BUILT_IN, HFImageSource, HFLoader, source_format
-from hpcfed.data.shards import first_line
 from hpcfed.data.sources import (
     TEXT_EXTENSIONS, ImageFolderSource, decode_image, encode_labels, image_preprocessing, label_vocabulary,
     read_text_table, stack_images,

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 import torch
 
+from hpcfed.config import first_line
 from hpcfed.data.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -70,12 +71,6 @@ class ClientData:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
 
 
 def _write_arrays(group: h5py.Group, x: np.ndarray, y: np.ndarray, lengths: Optional[np.ndarray]) -> None:

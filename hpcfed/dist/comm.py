@@ -19,6 +19,8 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from hpcfed.config import first_line
+
 T = TypeVar("T")
 
 GATHER_CHUNK_BYTES = 256 << 20
@@ -104,7 +106,7 @@ class MainFailed(RuntimeError):
 
 def _describe(e: BaseException) -> str:
     """``Type: first line of the message`` (one line, for an error sent to or raised on another process)."""
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def main_then_share(comm, fn: Callable[[], tuple]) -> tuple:

@@ -130,3 +130,14 @@ def test_shared_prefix_loader_errors_match_load_config(prefix, words):
     assert str(got.value) == str(want.value) and "\n" not in str(got.value)
     if "fl.roundz=2" not in prefix:
         assert loader.load(["fl.rounds=4"]).fl.rounds == 4  # a bad cell does not spoil the loader
+
+
+def test_first_line_quotes_one_line_of_the_cause():
+    """Every one-line error quotes its cause through config.first_line: the message's first line, else the type."""
+    from hpcfed.config import first_line
+    from hpcfed.dist.comm import _describe
+
+    assert first_line(ValueError("  bad value\n  at line 3\n")) == "bad value"
+    assert first_line(KeyError()) == "KeyError"
+    assert _describe(OSError("disk full\ntraceback...")) == "OSError: disk full"
+    assert _describe(RuntimeError()) == "RuntimeError"
