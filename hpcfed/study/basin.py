@@ -133,6 +133,11 @@ def run_segments(study: Study, spec: BasinSpec, log=print) -> list[dict]:
             if missing:
                 log(f"basin: {a.id} vs {b.id}: waiting for {', '.join(missing)}")
                 continue
+            no_weights = [c.id for c in (a, b) if not (run_dir(study, c) / "final" / "peft.safetensors").is_file()]
+            if no_weights:  # e.g. taken from raw result files (reuse_from), which keep no weights
+                log(f"basin: {a.id} vs {b.id}: no final/peft.safetensors in {', '.join(no_weights)}; delete that "
+                    f"cell's folder and run the study again to measure")
+                continue
             cmd = [sys.executable, "-m", "hpcfed.analysis.basin", f"run_a={run_dir(study, a)}",
                    f"run_b={run_dir(study, b)}", f"k={spec.k}", f"out={out}", "dist.device=cpu"]
             if spec.max_test:

@@ -99,7 +99,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
                                 allow_abbrev=False)
     p.add_argument("study", help="study YAML (configs/study/*.yaml)")
     p.add_argument("words", nargs="*", help="study keys (name, out_dir, ranks, target_acc, timeout_s, seeds, "
-                                            "base_config) or config overrides for every cell, key=value")
+                                            "base_config, reuse_from) or config overrides for every cell, key=value")
     if command == "run":
         p.add_argument("--cells", metavar="I,J-K", help="only these cells, by index as 'list' prints them "
                                                          "(e.g. --cells $SLURM_ARRAY_TASK_ID)")

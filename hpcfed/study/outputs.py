@@ -74,8 +74,11 @@ def ran_with_config(cell: Cell, d: Path, recorded_hash: Optional[str]) -> bool:
 
 def is_complete(study: Study, cell: Cell) -> bool:
     """The cell's outputs are there and were written by this cell's config (:func:`ran_with_config`): federated and
-    centralized: ``metrics.jsonl`` reaches ``fl.rounds`` and ``final/`` exists; local_only:
-    ``local_only.json`` exists. A blocked cell (its arm's sweep unresolved) is never complete."""
+    centralized: ``metrics.jsonl`` reaches ``fl.rounds`` and the run finished: ``final/`` exists, or the study's
+    record (``study_cell.json``) says ``done`` (a folder of raw result files, as ``docs/results/<study>/cells/``
+    keeps them, has no weights and so no ``final/``; the runner writes a ``running`` record before each attempt,
+    so an old ``done`` never vouches for a newer, unfinished run); local_only: ``local_only.json`` exists. A
+    blocked cell (its arm's sweep unresolved) is never complete."""
     if cell.blocked:
         return False
     return complete_in(cell, run_dir(study, cell))
@@ -89,7 +92,9 @@ def complete_in(cell: Cell, d: Path) -> bool:
     if cell.cfg.fl.mode == "local_only":
         return (d / "local_only.json").is_file()
     metrics = read_metrics(d)
-    return bool(metrics) and metrics[-1].get("round") == cell.cfg.fl.rounds and (d / "final").is_dir()
+    if not metrics or metrics[-1].get("round") != cell.cfg.fl.rounds:
+        return False
+    return (d / "final").is_dir() or (read_json(d / RECORD_FILE) or {}).get("status") == "done"
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -197,6 +197,10 @@ def run_cell(study: Study, cell: Cell) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     cmd = effective_cell_command(study, cell)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # until this attempt ends, no earlier "done" record vouches for the folder (is_complete reads it)
+    atomic_write(d / RECORD_FILE, json.dumps({"cell": cell.id, "status": "running", "command": shlex.join(cmd),
+                                              "config_hash": cell.config_hash(), "started": _dt.datetime.now()
+                                              .isoformat(timespec="seconds")}, indent=1) + "\n")
     log_path = d / LOG_FILE
     with open(log_path, "ab") as fh:
         fh.write(f"=== {_dt.datetime.now().isoformat(timespec='seconds')} {shlex.join(cmd)}\n".encode())

@@ -37,7 +37,7 @@ from hpcfed.study.expand import (
 STUDY_KEYS = ("name", "base_config", "base", "grid", "cells", "seeds", "seed_keys", "lr_sweep", "claims",
               "metrics", "target_acc", "ranks", "out_dir", "timeout_s", "basin", "reuse_from")
 """Top-level keys of a study YAML."""
-CLI_STUDY_KEYS = ("name", "base_config", "target_acc", "ranks", "out_dir", "timeout_s", "seeds")
+CLI_STUDY_KEYS = ("name", "base_config", "target_acc", "ranks", "out_dir", "timeout_s", "seeds", "reuse_from")
 """Study keys that a command-line ``key=value`` sets (every other word is a config override)."""
 SWEEP_PREFIX = "sweep-"
 """Cell ids of learning-rate sweep cells start with this."""

@@ -121,6 +121,7 @@ def test_centralized_cell_runs_on_one_rank(tmp_path):
         cmd = st.cell_command(s, fed)
         assert ["-n", "2"] == cmd[cmd.index("-n"):cmd.index("-n") + 2]
 
+
 # -- table values from run outputs (no runs) ---------------------------------------------------------------
 
 def _fake_outputs(s, cell, metrics, extra=None):
@@ -231,6 +232,57 @@ def test_reuse_from_adopts_finished_runs_of_the_same_config_and_runs_the_rest(tm
     with pytest.raises(st.StudyError, match="reuse_from"):
         st.load_study(write_study(tmp_path / "c.yaml", reuse_from=[3]))
 
+
+def test_a_study_continues_from_raw_result_files_given_on_the_command_line(tmp_path, monkeypatch):
+    """docs/results/<study>/cells/ keeps each done cell's config.yaml, metrics.jsonl, run_info.json and
+    study_cell.json but no weights (no final/): `reuse_from=` on the command line adopts those cells instead of
+    running them; a raw folder whose record is not "done", or whose metrics stop short, is run."""
+    path = write_study(tmp_path / "s.yaml", out_dir=str(tmp_path / "o"), base=["fl.rounds=3"],
+                       grid={"peft.method": ["bias", "lora", "head"]})
+    first = st.load_study(path)
+    raw = tmp_path / "results" / "cells"
+    for cell, status, last_round in zip(first.cells, ("done", "failed", "done"), (3, 3, 2)):
+        d = raw / cell.id
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(cell.cfg.to_yaml())
+        (d / "run_info.json").write_text(json.dumps({"trainable_params": 7, "config_hash": cell.config_hash()}))
+        (d / "metrics.jsonl").write_text(json.dumps({"round": last_round, "test_acc": 0.71}) + "\n")
+        (d / st.RECORD_FILE).write_text(json.dumps({"status": status, "wall_s": 5.0}))
+    s = st.load_study(path, [f"reuse_from={raw}"])
+    assert s.reuse_from == (raw,)
+    marks = tmp_path / "ran"
+    marks.mkdir()
+    monkeypatch.setattr(st, "cell_command", lambda study, cell: [
+        sys.executable, "-c", f"open({str(marks / cell.id)!r}, 'w')"])
+    rows = {r["cell"]: r for r in st.run_study(s)}
+    assert sorted(p.name for p in marks.iterdir()) == ["method-head", "method-lora"]
+    assert rows["method-bias"]["status"] == "done" and rows["method-bias"]["final_test_acc"] == 0.71
+    assert not (st.run_dir(s, s.cells[0]) / "final").exists()  # adopted without weights, and says so
+    assert json.loads((st.run_dir(s, s.cells[0]) / st.RECORD_FILE).read_text())["reused_from"] == str(
+        raw / "method-bias")
+    # the fake commands wrote no outputs: those two cells failed, and their folders were not taken over
+    assert rows["method-lora"]["status"] == rows["method-head"]["status"] == "failed"
+
+
+def test_an_old_done_record_does_not_vouch_for_a_new_unfinished_attempt(tmp_path, monkeypatch):
+    """A cell folder whose metrics reach fl.rounds but has no final/ counts as complete only while the study's
+    record says done; each attempt first writes a "running" record, so a killed rerun is not mistaken for done."""
+    s = st.load_study(write_study(tmp_path / "s.yaml", out_dir=str(tmp_path / "o"), base=["fl.rounds=2"],
+                                  grid={"peft.method": ["bias"]}))
+    cell = s.cells[0]
+    d = st.run_dir(s, cell)
+    d.mkdir(parents=True)
+    (d / "run_info.json").write_text(json.dumps({"config_hash": cell.config_hash()}))
+    (d / st.RECORD_FILE).write_text(json.dumps({"status": "done"}))
+    assert not st.is_complete(s, cell)  # no metrics
+    seen = tmp_path / "seen.json"
+    # the attempt writes the last round's metrics, but dies before final/ (exit 1); it saw a "running" record
+    script = (f"import json, shutil; shutil.copy({str(d / st.RECORD_FILE)!r}, {str(seen)!r}); "
+              f"open({str(d / 'metrics.jsonl')!r}, 'w').write(json.dumps({{'round': 2}}) + '\\n'); exit(1)")
+    monkeypatch.setattr(st, "cell_command", lambda study, c: [sys.executable, "-c", script])
+    rec = st.run_cell(s, cell)
+    assert json.loads(seen.read_text())["status"] == "running"
+    assert rec["status"] == "failed" and not st.is_complete(s, cell)
 
 def test_a_sweep_at_the_main_horizon_gives_its_seed_main_cell(tmp_path, monkeypatch):
     # sweep cells with the main cells' rounds and seed are those main cells at their value: not run twice

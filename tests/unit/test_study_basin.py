@@ -57,6 +57,23 @@ def test_unfinished_cells_are_waited_for_not_measured(tmp_path):
     assert len(said) == 6 and all("waiting for" in m for m in said)
 
 
+
+def test_cells_without_weights_are_named_not_measured(tmp_path):
+    """Cells taken from raw result files (reuse_from) are complete but keep no final/peft.safetensors: the basin
+    step names them in one line each and starts no measurement."""
+    s = _study(tmp_path, pair={"setting": ["iid", "dir"]})
+    for cell in s.cells:
+        d = st.run_dir(s, cell)
+        d.mkdir(parents=True)
+        (d / "run_info.json").write_text(json.dumps({"config_hash": cell.config_hash()}))
+        (d / "metrics.jsonl").write_text(json.dumps({"round": cell.cfg.fl.rounds, "test_acc": 0.7}) + "\n")
+        (d / st.RECORD_FILE).write_text(json.dumps({"status": "done"}))
+    assert all(st.is_complete(s, c) for c in s.cells)
+    said = []
+    assert sb.run_segments(s, sb.parse_basin(s.basin, s), log=said.append) == []
+    assert len(said) == 6 and all("no final/peft.safetensors in" in m and "\n" not in m for m in said)
+    assert not (s.out_dir / sb.SEGMENT_DIR).exists()
+
 @pytest.mark.parametrize("basin, match", [
     ({"pair": {"mode": ["a", "b"]}}, r"basin.pair: 'mode' is not an axis"),
     ({"pair": {"setting": ["iid", "iid"]}}, r"basin.pair.setting must list two different labels"),
