@@ -40,6 +40,7 @@ from hpcfed.study.errors import StudyError
 from hpcfed.study.outputs import atomic_write, is_complete, read_json, run_dir
 from hpcfed.study.spec import Cell, Study
 from hpcfed.study.stats import format_estimate, mean_ci, paired_differences, verdict
+from hpcfed.study.sweep import resolve_sweeps
 
 BASIN_KEYS = ("pair", "k", "max_test", "claims")
 BASIN_METRICS = ("barrier", "error_barrier", "distance", "acc_a", "acc_b", "min_acc")
@@ -214,6 +215,10 @@ def summarise(study: Study, spec: BasinSpec, rows: list[dict]) -> str:
 
 
 def basin(study: Study, raw: Any, log=print) -> str:
-    """Parse the ``basin`` key, measure every ready segment and write the summary; returns ``basin.md``."""
+    """Parse the ``basin`` key, measure every ready segment and write the summary; returns ``basin.md``.
+
+    The study's lr sweeps are resolved first (:func:`hpcfed.study.sweep.resolve_sweeps`), as ``run`` does: until
+    then a swept arm's main cells are blocked, never complete, and their segments would wait forever."""
     spec = parse_basin(raw, study)
+    resolve_sweeps(study)
     return summarise(study, spec, run_segments(study, spec, log))

@@ -74,6 +74,36 @@ def test_cells_without_weights_are_named_not_measured(tmp_path):
     assert len(said) == 6 and all("no final/peft.safetensors in" in m and "\n" not in m for m in said)
     assert not (s.out_dir / sb.SEGMENT_DIR).exists()
 
+
+def test_swept_arms_are_measured_once_their_sweep_has_picked(tmp_path):
+    """A random-init arm with an lr sweep (chen_minilm_v2): its main cells are blocked until the sweep resolves; the
+    basin step resolves it as `run` does, so finished main cells at the picked lr are paired, not waited for."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "b", "out_dir": str(tmp_path / "o"), "grid": GRID, "seeds": [0],
+                                    "base": ["fl.rounds=2"],
+                                    "lr_sweep": {"arms": [{"init": "rnd"}], "values": [0.1, 0.3], "seeds": [0]},
+                                    "basin": {"pair": {"setting": ["iid", "dir"]}}}))
+    s = st.load_study(path)
+    for cell in s.cells:  # sweep cells: lr 0.3 wins; main cells of the swept arm then run at 0.3
+        d = st.run_dir(s, cell)
+        d.mkdir(parents=True)
+        acc = 0.7 if "lr-0.3" in cell.id else 0.6
+        (d / "metrics.jsonl").write_text(json.dumps({"round": 2, "test_acc": acc}) + "\n")
+        (d / st.RECORD_FILE).write_text(json.dumps({"status": "done"}))
+        if cell.kind == "sweep":
+            (d / "run_info.json").write_text(json.dumps({"config_hash": cell.config_hash()}))
+    st.resolve_sweeps(s)
+    for cell in s.main_cells:  # each main cell's recorded hash is that of its config at the pick
+        (st.run_dir(s, cell) / "run_info.json").write_text(json.dumps({"config_hash": cell.config_hash()}))
+    fresh = st.load_study(path)  # as `python -m hpcfed.study basin` loads it: sweeps not yet resolved
+    said = []
+    sb.run_segments(fresh, sb.parse_basin(fresh.basin, fresh), log=said.append)
+    assert sum("waiting for" in m for m in said) == 1  # the swept arm's segment, before the fix: forever
+    said.clear()
+    sb.basin(fresh, fresh.basin, log=said.append)
+    assert not any("waiting for" in m for m in said)
+    assert sum("no final/peft.safetensors" in m for m in said) == 2  # both segments reached the weights check
+
 @pytest.mark.parametrize("basin, match", [
     ({"pair": {"mode": ["a", "b"]}}, r"basin.pair: 'mode' is not an axis"),
     ({"pair": {"setting": ["iid", "iid"]}}, r"basin.pair.setting must list two different labels"),
