@@ -59,7 +59,7 @@ from hpcfed.study.outputs import (
     run_dir,
 )
 from hpcfed.study.report import columns, report, write_plots, write_table
-from hpcfed.study.runner import (STOP_GRACE_S, SUPERSEDED_DIR, adopt_reusable, cell_command, cell_ranks, error_tail,
+from hpcfed.study.runner import (STOP_GRACE_S, SUPERSEDED_DIR, adopt_reusable, cell_command, error_tail,
                                  find_reusable, mpirun_path, run_cell, run_study, set_aside_superseded)
 from hpcfed.study.spec import (
     CLI_STUDY_KEYS,
@@ -69,6 +69,7 @@ from hpcfed.study.spec import (
     Cell,
     Study,
     cell_argv,
+    cell_ranks,
     load_study,
 )
 from hpcfed.study.stats import Estimate, Paired, mean_ci, paired_differences, t_quantile, verdict

@@ -15,7 +15,7 @@ from typing import Any
 from hpcfed.atomic import atomic_path
 from hpcfed.study.design import METRIC_COLUMNS, extra_metric_columns
 from hpcfed.study.outputs import atomic_write, cell_text, collect
-from hpcfed.study.spec import Study
+from hpcfed.study.spec import Study, cell_ranks
 from hpcfed.study.summary import write_summary
 from hpcfed.study.sweep import resolve_sweeps, sweep_markdown
 
@@ -46,8 +46,7 @@ def write_table(study: Study, rows: list[dict]) -> None:
 
     done = sum(r["status"] == "done" for r in rows)
     failed = sum(r["status"] == "failed" for r in rows)
-    central = (" (centralized cells: 1)"
-               if study.ranks > 1 and any(c.cfg.fl.mode == "centralized" for c in study.cells) else "")
+    central = " (centralized cells: 1)" if any(cell_ranks(study, c) != study.ranks for c in study.cells) else ""
     lines = [
         f"# Study `{study.name}`",
         "",

@@ -23,7 +23,7 @@ from hpcfed.study.errors import StudyError
 from hpcfed.study.outputs import (LOG_FILE, RECORD_FILE, SUPERSEDED_DIR, atomic_write, collect, complete_in,
                                   is_complete, ran_with_config, read_json, run_dir)
 from hpcfed.study.report import report, write_table
-from hpcfed.study.spec import Cell, Study, cell_argv
+from hpcfed.study.spec import Cell, Study, cell_argv, cell_ranks
 from hpcfed.study.sweep import resolve_sweeps
 
 log = logging.getLogger("hpcfed.study")
@@ -35,20 +35,6 @@ STOP_GRACE_S = 60.0
 def mpirun_path() -> Optional[str]:
     """The venv's ``mpirun`` (next to ``sys.executable``), else the one on PATH."""
     return shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
-
-
-def cell_ranks(study: Study, cell: Cell) -> int:
-    """The number of ranks a cell runs on: the study's ``ranks``, except 1 for a centralized cell.
-
-    A centralized cell trains one pooled client (a cohort of one, :mod:`hpcfed.fl.baselines`), so only one rank
-    ever works; the others would wait in the round's all-reduce. On one rank the same global model comes out (the
-    result does not depend on the number of ranks, DESIGN.md; up to the float rounding of a different number of
-    threads) and that rank gets the node's cores
-    (``dist.num_threads`` unset divides them among the ranks on the node): on a 2-core node a round of a centralized
-    MiniLM cell took 35.7 s on 2 ranks x 1 thread and 21.1 s on 1 rank x 2 threads
-    (``docs/results/benchmarks/centralized_ranks/``).
-    """
-    return 1 if cell.cfg.fl.mode == "centralized" else study.ranks
 
 
 def cell_command(study: Study, cell: Cell) -> list[str]:

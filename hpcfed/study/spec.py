@@ -43,7 +43,7 @@ SWEEP_PREFIX = "sweep-"
 """Cell ids of learning-rate sweep cells start with this."""
 
 __all__ = ["CLI_STUDY_KEYS", "MAX_ID_CHARS", "RESERVED_CONFIG_KEYS", "STUDY_KEYS", "SWEEP_PREFIX", "Cell", "Study",
-           "StudyError", "cell_argv", "load_study", "validate_cell"]
+           "StudyError", "cell_argv", "cell_ranks", "load_study", "validate_cell"]
 
 
 @dataclass
@@ -309,6 +309,19 @@ def validate_cell(study: Study, cell: Cell) -> None:
         cell.cfg = finish_config(study.loader.load(_own_words(study, cell)))
     except ConfigError as e:
         raise StudyError(f"study file {study.path}: cell {cell.id}: {e}") from None
+
+
+def cell_ranks(study: Study, cell: Cell) -> int:
+    """The number of ranks a cell runs on: the study's ``ranks``, except 1 for a centralized cell.
+
+    A centralized cell trains one pooled client (a cohort of one, :mod:`hpcfed.fl.baselines`), so only one rank
+    ever works; the others would wait in the round's all-reduce. On one rank the same global model comes out (the
+    result does not depend on the number of ranks, DESIGN.md; up to the float rounding of a different number of
+    threads) and that rank gets the node's cores (``dist.num_threads`` unset divides them among the ranks on the
+    node): on a 2-core node a round of a centralized MiniLM cell took 35.7 s on 2 ranks x 1 thread and 21.1 s on
+    1 rank x 2 threads (``docs/results/benchmarks/centralized_ranks/``).
+    """
+    return 1 if cell.cfg.fl.mode == "centralized" else study.ranks
 
 
 def cell_argv(study: Study, cell: Cell) -> list[str]:
