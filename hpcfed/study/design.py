@@ -23,6 +23,10 @@ METRIC_COLUMNS = ("status", "final_test_acc", "best_test_acc", "trainable_params
 NUMERIC_METRICS = ("final_test_acc", "best_test_acc", "local_test_acc", "rounds_to_target", "bytes_per_round",
                    "trainable_params", "wall_s")
 """Table columns that ``metrics``, a claim's ``metric`` and a sweep's ``metric`` may name."""
+ROUNDS_TO_ACC = re.compile(r"rounds_to_acc_(0\.[0-9]*[1-9]|1(\.0*)?)")
+"""``rounds_to_acc_<x>``: the first evaluated round whose test accuracy is >= x (a fraction in (0, 1]), a
+``rounds_to_target`` with its own target, so one study can ask "rounds to 0.75" of one model and "rounds to 0.88"
+of another."""
 DEFAULT_METRICS = ("final_test_acc", "best_test_acc")
 SWEEP_GOALS = ("max", "min")
 SEED_AXIS = "seed"
@@ -122,22 +126,34 @@ def parse_seed_keys(raw: Any, where: str) -> tuple[str, ...]:
 
 def metric_name(raw: Any, where: str) -> str:
     """A metric column name (``final test_acc`` is read as ``final_test_acc``): one of :data:`NUMERIC_METRICS`,
-    or ``final_<key>`` — the last value of any metric ``<key>`` the runs write to ``metrics.jsonl`` (e.g.
-    ``final_dat_local_acc`` of FedDAT).
+    ``final_<key>`` — the last value of any metric ``<key>`` the runs write to ``metrics.jsonl`` (e.g.
+    ``final_dat_local_acc`` of FedDAT) — or ``rounds_to_acc_<x>`` (:data:`ROUNDS_TO_ACC`, e.g.
+    ``rounds_to_acc_0.88``).
 
     Raises:
         StudyError: neither.
     """
     name = "_".join(str(raw).split())
-    if name not in NUMERIC_METRICS and not re.fullmatch(r"final_[A-Za-z0-9_]+", name):
+    if name.startswith("rounds_to_acc_"):
+        if not ROUNDS_TO_ACC.fullmatch(name):
+            raise StudyError(f"{where}={raw!r}: the target in rounds_to_acc_<x> must be an accuracy in (0, 1] "
+                             "written as a decimal fraction, e.g. rounds_to_acc_0.88")
+    elif name not in NUMERIC_METRICS and not re.fullmatch(r"final_[A-Za-z0-9_]+", name):
         raise StudyError(f"{where}={raw!r} is not a metric; choose one of: {', '.join(NUMERIC_METRICS)}, "
-                         "or final_<any key of metrics.jsonl>")
+                         "final_<any key of metrics.jsonl>, or rounds_to_acc_<x>")
     return name
 
 
 def extra_metric_columns(metrics: Sequence[str]) -> list[str]:
-    """The ``final_<key>`` metrics beyond :data:`METRIC_COLUMNS` (table columns of their own)."""
+    """The ``final_<key>`` and ``rounds_to_acc_<x>`` metrics beyond :data:`METRIC_COLUMNS` (table columns of
+    their own)."""
     return [m for m in metrics if m not in METRIC_COLUMNS]
+
+
+def rounds_to_acc_target(name: str) -> Optional[float]:
+    """The target accuracy of a ``rounds_to_acc_<x>`` metric name, else None."""
+    m = ROUNDS_TO_ACC.fullmatch(name)
+    return float(m.group(1)) if m else None
 
 
 def parse_metrics(raw: Any, where: str) -> tuple[str, ...]:

@@ -172,6 +172,28 @@ def test_collect_rows_and_curves(tmp_path):
     assert not st.is_complete(s, fed)
 
 
+def test_rounds_to_acc_columns_use_their_own_targets(tmp_path):
+    """``rounds_to_acc_<x>`` metrics get columns beside ``rounds_to_target``, each from the same curve with its own
+    target; never reached: empty; local-only: empty."""
+    s = st.load_study(write_study(
+        tmp_path / "s.yaml", base=["fl.rounds=3", "fl.cohort_size=2"], target_acc=0.6, out_dir=str(tmp_path / "o"),
+        grid={"peft.method": ["bias"]}, cells=[{"fl.mode": "local_only"}],
+        metrics=["final_test_acc", "rounds_to_acc_0.5", "rounds_to_acc_0.9"]))
+    fed, loc = s.cells
+    _fake_outputs(s, fed, [{"round": 0, "test_acc": 0.5}, {"round": 2, "test_acc": 0.7},
+                           {"round": 3, "test_acc": 0.65}])
+    _fake_outputs(s, loc, [{"round": 3, "mode": "local_only", "test_acc": 0.95, "local_test_acc": 0.9}],
+                  {"local_only.json": {}})
+    row, _ = st.collect(s, fed)
+    assert (row["rounds_to_target"], row["rounds_to_acc_0.5"], row["rounds_to_acc_0.9"]) == (2, 0, None)
+    row, _ = st.collect(s, loc)
+    assert (row["rounds_to_acc_0.5"], row["rounds_to_acc_0.9"]) == (None, None)
+    st.report(s)
+    cols, rows = read_csv(s.out_dir / "results.csv")
+    assert cols[-2:] == ["rounds_to_acc_0.5", "rounds_to_acc_0.9"]
+    assert [r["rounds_to_acc_0.5"] for r in rows] == ["0", ""]
+
+
 def test_failed_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
     s = st.load_study(write_study(tmp_path / "s.yaml", out_dir=str(tmp_path / "o"), grid={"seed": [0, 1]}))
     fail = ("import sys; print('Traceback (most recent call last):'); "

@@ -326,6 +326,21 @@ def test_final_key_metrics_name_any_reported_metric():
         design.metric_name("dat_local_acc", "m")
 
 
+def test_rounds_to_acc_metric_names_its_own_target():
+    """``rounds_to_acc_<x>``: rounds to a target of its own (one study asks 0.75 of one model, 0.88 of another);
+    the target must be an accuracy in (0, 1] written as a fraction."""
+    from hpcfed.study import design
+
+    assert design.metric_name("rounds_to_acc_0.88", "m") == "rounds_to_acc_0.88"
+    assert design.rounds_to_acc_target("rounds_to_acc_0.88") == 0.88
+    assert design.rounds_to_acc_target("rounds_to_acc_1") == 1.0
+    assert design.rounds_to_acc_target("rounds_to_target") is None
+    assert design.extra_metric_columns(("rounds_to_target", "rounds_to_acc_0.9")) == ["rounds_to_acc_0.9"]
+    for bad in ("rounds_to_acc_88", "rounds_to_acc_1.5", "rounds_to_acc_0", "rounds_to_acc_0.0", "rounds_to_acc_"):
+        with pytest.raises(st.StudyError, match=r"accuracy in \(0, 1\]"):
+            design.metric_name(bad, "claims[0].metric")
+
+
 def test_difference_of_differences_claim(tmp_path):
     """``a_minus`` / ``b_minus``: (a − a_minus) − (b − b_minus) paired by seed, e.g. "pre-training closes the
     federated-vs-centralized gap"; an arm used twice in one claim is refused."""
