@@ -6,10 +6,12 @@
 #   slurm/study.sh configs/study/fedyolo_epochs.yaml --dry-run          # print the sbatch commands only
 #
 # It submits, each only if it has cells left to run:
-#   1. the lr-sweep cells that are not complete, as one array (slurm/study_cell.sh, --ntasks = the study's ranks);
-#   2. the main cells that are not complete, as a second array that starts when the first has ended (afterany: a
-#      failed sweep value is skipped, docs/study.md), at most --parallel tasks at once (default 8);
-#   3. one job that rebuilds the tables and plots (python -m hpcfed.study report) when the main array has ended.
+#   1. the lr-sweep cells that are not complete, as an array (slurm/study_cell.sh, --ntasks = the cell's ranks);
+#   2. the main cells that are not complete, as an array that starts when the sweep arrays have ended (afterany: a
+#      failed sweep value is skipped, docs/study.md);
+#   3. one job that rebuilds the tables and plots (python -m hpcfed.study report) when the main arrays have ended.
+# A cell's ranks are the study's `ranks`, except 1 for a centralized cell (hpcfed.study.spec.cell_ranks), so a
+# kind with both gets one array per rank count. Each array runs at most --parallel tasks at once (default 8).
 # Complete cells are left out, so running the script again resumes a study. Options after `--` go to every sbatch.
 # Prepare the data shards first (docs/study.md, "Running a subset, and Slurm arrays"): a cell builds missing shards
 # itself, and many tasks starting at once would each build the same ones.
@@ -33,12 +35,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 source slurm/env.sh   # PY
 
-# The study's ranks and, per kind, the indices of the cells that are not complete, as Slurm array ranges.
+# One line per (kind, ranks) with cells that are not complete: "kind ranks indices" (Slurm array ranges).
 PLAN=$("$PY" - "$STUDY" <<'EOF'
 import sys
 from hpcfed.study.errors import StudyError
 from hpcfed.study.outputs import collect
-from hpcfed.study.spec import load_study
+from hpcfed.study.spec import cell_ranks, load_study
 from hpcfed.study.sweep import resolve_sweeps
 
 def ranges(ix):  # [0, 1, 2, 5] -> "0-2,5" (cli._ranges prints only first-last)
@@ -56,34 +58,42 @@ try:
     resolve_sweeps(study)  # main cells carry their picked lr, so a finished one matches its config hash
 except StudyError as e:
     sys.exit(f"error: {e}")
-todo = {"sweep": [], "main": []}
+todo = {}
 for i, c in enumerate(study.cells):
     if collect(study, c)[0]["status"] != "done":
-        todo[c.kind].append(i)
-print(study.ranks, ranges(todo["sweep"]) or "-", ranges(todo["main"]) or "-")
+        todo.setdefault((c.kind, cell_ranks(study, c)), []).append(i)
+for kind in ("sweep", "main"):
+    for (k, ranks), ix in sorted(todo.items(), key=lambda kv: -kv[0][1]):
+        if k == kind:
+            print(kind, ranks, ranges(ix))
 EOF
 )
-read -r RANKS SWEEP MAIN <<<"$PLAN"
 
 submit() {  # prints the job id (the command, with --dry-run)
-  if [ "$DRY" = 1 ]; then echo "sbatch $*" >&2; echo "DRYRUN"; else sbatch --parsable "$@" | cut -d';' -f1; fi
+  if [ "$DRY" = 1 ]; then echo "sbatch $*" >&2; echo "DRYRUN"; else sbatch --parsable "$@" </dev/null | cut -d';' -f1; fi
 }
-CELL=(--ntasks="$RANKS" --time="$TIME" ${EXTRA[@]+"${EXTRA[@]}"})
-DEP=()
-if [ "$SWEEP" != - ]; then
-  sweep=$(submit "${CELL[@]}" --array="$SWEEP%$PARALLEL" slurm/study_cell.sh "$STUDY")
-  echo "hpcfed: $STUDY: lr-sweep cells $SWEEP: job $sweep" >&2
-  DEP=(--dependency=afterany:"$sweep")
-fi
-if [ "$MAIN" != - ]; then
-  main=$(submit "${CELL[@]}" ${DEP[@]+"${DEP[@]}"} --array="$MAIN%$PARALLEL" slurm/study_cell.sh "$STUDY")
-  echo "hpcfed: $STUDY: main cells $MAIN: job $main" >&2
-  DEP=(--dependency=afterany:"$main")
-fi
-if [ "$SWEEP$MAIN" = -- ]; then
+CELL=(--time="$TIME" ${EXTRA[@]+"${EXTRA[@]}"})
+SWEEP_JOBS="" MAIN_JOBS=""
+while read -r KIND RANKS IX; do
+  [ -n "$KIND" ] || continue
+  DEP=()
+  if [ "$KIND" = sweep ]; then
+    job=$(submit --ntasks="$RANKS" "${CELL[@]}" --array="$IX%$PARALLEL" slurm/study_cell.sh "$STUDY")
+    echo "hpcfed: $STUDY: lr-sweep cells $IX ($RANKS ranks): job $job" >&2
+    SWEEP_JOBS+=":$job"
+  else
+    [ -z "$SWEEP_JOBS" ] || DEP=(--dependency=afterany"$SWEEP_JOBS")
+    job=$(submit --ntasks="$RANKS" "${CELL[@]}" ${DEP[@]+"${DEP[@]}"} --array="$IX%$PARALLEL" \
+      slurm/study_cell.sh "$STUDY")
+    echo "hpcfed: $STUDY: main cells $IX ($RANKS ranks): job $job" >&2
+    MAIN_JOBS+=":$job"
+  fi
+done <<<"$PLAN"
+if [ -z "$SWEEP_JOBS$MAIN_JOBS" ]; then
   echo "hpcfed: $STUDY: every cell is complete; nothing submitted (tables: $PY -m hpcfed.study report $STUDY)" >&2
   exit 0
 fi
+DEP=(--dependency=afterany"${MAIN_JOBS:-$SWEEP_JOBS}")
 report=$(submit --ntasks=1 --time=00:15:00 ${EXTRA[@]+"${EXTRA[@]}"} ${DEP[@]+"${DEP[@]}"} --job-name=hpcfed-report \
   --output="slurm-%x-%j.out" --wrap "$PY -m hpcfed.study report $STUDY")
 echo "hpcfed: $STUDY: report: job $report" >&2

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One cell of a study per Slurm array task (submitted by slurm/study.sh, which sets --ntasks to the study's ranks):
+# One cell of a study per Slurm array task (submitted by slurm/study.sh, which sets --ntasks to the cell's ranks:
+# the study's, 1 for a centralized cell):
 #
 #   sbatch --array=0-5 --ntasks=2 slurm/study_cell.sh configs/study/fedtune_grid.yaml [key=value ...]
 #

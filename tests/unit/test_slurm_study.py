@@ -61,7 +61,26 @@ def test_submits_sweep_then_main_then_report_chained(tmp_path):
     assert "--array=4-9%3" in main and "--dependency=afterany:101" in main
     assert "--dependency=afterany:102" in report and "--partition=cpu" in report
     assert report[-1].endswith(f"-m hpcfed.study report {study}")
-    assert "lr-sweep cells 0-3: job 101" in r.stderr and "main cells 4-9: job 102" in r.stderr
+    assert "lr-sweep cells 0-3 (2 ranks): job 101" in r.stderr and "main cells 4-9 (2 ranks): job 102" in r.stderr
+
+
+def test_centralized_cells_get_an_array_of_their_own_on_one_rank(tmp_path):
+    """A centralized cell runs on 1 rank (spec.cell_ranks), so its cells go to a 1-task array; main arrays wait
+    for every sweep array, and the report for every main array."""
+    path = write_study(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["grid"]["method"]["central"] = {"peft.method": "bias", "fl.mode": "centralized"}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env, log = fake_sbatch(tmp_path)
+    r = subprocess.run(["bash", str(SUBMIT), str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep2, sweep1, main2, main1, report = calls(log)
+    assert "--ntasks=2" in sweep2 and "--array=0-3%8" in sweep2   # bias, lora: cells 0-3
+    assert "--ntasks=1" in sweep1 and "--array=4-5%8" in sweep1   # central: cells 4-5
+    for main, n, ix in ((main2, 2, "6-11"), (main1, 1, "12-14")):
+        assert f"--ntasks={n}" in main and f"--array={ix}%8" in main
+        assert "--dependency=afterany:101:102" in main
+    assert "--dependency=afterany:103:104" in report
 
 
 def test_dry_run_submits_nothing_and_a_bad_study_is_one_line(tmp_path):
