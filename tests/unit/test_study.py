@@ -427,7 +427,8 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     assert {(c.labels["model"], c.cfg.fl.local.epochs) for c in epochs.main_cells} == {
         (m, e) for m in ("minilm", "mpnet") for e in (1, 4)}
     assert all(c.cfg.fl.local.steps is None and c.cfg.eval.every_rounds == 1 for c in epochs.cells)
-    assert epochs.target_acc == 0.75 and len(epochs.cells) == 24
+    assert epochs.target_acc == 0.75 and len(epochs.cells) == 26  # MPNet's lr grid has a 4th value
+    assert "rounds_to_acc_0.88" in epochs.metrics
     pft = studies["fedpft_mpnet"]  # the MiniLM arms on MPNet: its own projection names, its assembled folder
     assert len(pft.cells) == 12 and all(
         c.cfg.model.path.endswith("all-mpnet-base-v2") and list(c.cfg.peft.lora_target_modules) == ["q", "k", "v", "o"]
