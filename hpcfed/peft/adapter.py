@@ -21,10 +21,15 @@ timm_vit / open_clip       output of ``attn`` / ``mlp``        output of ``attn`
 hf_text (post-LN BERT)     output of ``attention.output.dense``  ``attention.output`` / ``output``:
                            / ``output.dense`` (before dropout,   residual ``input_tensor`` += A(input_tensor),
                            residual add and LayerNorm)           i.e. LN(sublayer(x) + A(x) + x)
+hf_text (MPNet)            output of ``attention.attn.o`` /      attention: ``attention.attn``'s output
+                           ``output.dense`` (as BERT)            += A(its input x), before dropout; FFN: as BERT
 =========================  ==================================  ==========================================
 
 (In BERT the sublayer's input is the ``input_tensor`` handed to ``BertSelfOutput`` / ``BertOutput``, so adding
-A(x) to the residual term before the LayerNorm equals adding it to the sublayer's output.)
+A(x) to the residual term before the LayerNorm equals adding it to the sublayer's output. MPNet's attention adds
+its residual inside ``MPNetAttention``, so the parallel attention adapter's term joins the self-attention output
+and passes through its dropout: LN(dropout(attn(x) + A(x)) + x); identical at evaluation, and in training the
+term is dropped with the output it joins.)
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ def insert_adapters(model: nn.Module, reduction_factor: int, variant: str, *,
     backbone's device and dtype, registered as ``<block>.adapter_<site>``.
 
     Args:
-        model: a classifier with a supported transformer ``backbone`` (timm ViT, open_clip, HF BERT-like).
+        model: a classifier with a supported transformer ``backbone`` (timm ViT, open_clip, HF BERT-like, MPNet).
         reduction_factor: D / bottleneck (``peft.adapter_reduction_factor``).
         variant: 'sequential' (Houlsby) or 'parallel' (He et al.).
         factory: builds one site's module (default :class:`Adapter`; FedDAT passes its dual adapter).
@@ -130,10 +135,14 @@ def insert_adapters(model: nn.Module, reduction_factor: int, variant: str, *,
             a = factory(enc.dim, bottleneck).to(device=ref.device, dtype=ref.dtype)
             blk.module.add_module(attr, a)
             if enc.family == "hf_text":
+                proj = blk.attn_proj if kind == "attn" else blk.mlp_proj
+                residual = blk.attn_residual if kind == "attn" else blk.mlp_residual
                 if variant == "sequential":
-                    sub.dense.register_forward_hook(a.add_to_output, with_kwargs=True)
-                else:
+                    proj.register_forward_hook(a.add_to_output, with_kwargs=True)
+                elif residual:
                     sub.register_forward_pre_hook(a.add_to_residual, with_kwargs=True)
+                else:
+                    sub.register_forward_hook(a.add_input_to_output, with_kwargs=True)
             elif variant == "sequential":
                 sub.register_forward_hook(a.add_to_output, with_kwargs=True)
             else:

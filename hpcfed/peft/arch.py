@@ -10,7 +10,9 @@ Families (see :mod:`hpcfed.models`):
   returning ``(out, weights)``, ``mlp`` a Sequential); one class token precedes the patch tokens.
 * ``hf_text``: a BERT-like transformers encoder; layers ``encoder.layer.{i}`` (post-LN) whose attention
   sublayer ends in ``attention.output`` (``BertSelfOutput``: ``LN(dropout(dense(h)) + input_tensor)``) and
-  whose feed-forward sublayer ends in ``output`` (``BertOutput``, same form).
+  whose feed-forward sublayer ends in ``output`` (``BertOutput``, same form). MPNet's layers differ only in the
+  attention sublayer: ``attention`` (``MPNetAttention``) computes ``LN(dropout(attn(x)[0]) + x)`` itself, with
+  ``attn.o`` the output projection; its ``output`` is a ``BertOutput`` in all but name.
 
 Nothing here imports timm, open_clip or transformers: families are recognised by structure.
 """
@@ -36,12 +38,22 @@ class Block:
             ``attention.output``, whose ``dense`` projects the attention context).
         mlp_out: the module that produces the feed-forward sublayer's output (ViT/CLIP: ``mlp``; BERT:
             ``output``).
+        attn_proj, mlp_proj: text encoders: the Linear whose output is the sublayer's output before dropout,
+            residual add and LayerNorm (BERT: ``attention.output.dense`` / ``output.dense``; MPNet:
+            ``attention.attn.o`` / ``output.dense``); None for vision (the sublayer itself).
+        attn_residual, mlp_residual: True where ``*_out`` takes ``(hidden_states, input_tensor)`` and adds the
+            residual itself (BERT's ``BertSelfOutput`` / ``BertOutput``, MPNet's ``output``), so a parallel
+            adapter adds to ``input_tensor``; False where the residual is added outside ``*_out``.
     """
 
     name: str
     module: nn.Module
     attn_out: nn.Module
     mlp_out: nn.Module
+    attn_proj: Optional[nn.Module] = None
+    mlp_proj: Optional[nn.Module] = None
+    attn_residual: bool = False
+    mlp_residual: bool = False
 
 
 @dataclass
@@ -99,14 +111,24 @@ def find_encoder(model: nn.Module, method: str) -> Encoder:
     family = backbone_family(model)
     bb = unwrap_backbone(model)
     if family == "hf_text":
-        layers = getattr(getattr(bb, "encoder", None), "layer", None)
-        ok = layers is not None and all(
-            hasattr(lyr, "attention") and hasattr(getattr(lyr.attention, "output", None), "dense")
-            and hasattr(getattr(lyr, "output", None), "dense") for lyr in layers)
-        if not ok:
-            raise ConfigError(f"peft.method={method!r}: {type(bb).__name__} is not a BERT-like encoder "
-                              "(encoder.layer[i].attention.output / .output)")
-        blocks = [Block(f"encoder.layer.{i}", lyr, lyr.attention.output, lyr.output) for i, lyr in enumerate(layers)]
+        layers = getattr(getattr(bb, "encoder", None), "layer", None) or []
+
+        def ffn_ok(lyr):
+            return hasattr(getattr(lyr, "output", None), "dense")
+
+        if layers and all(hasattr(getattr(getattr(lyr, "attention", None), "output", None), "dense") and ffn_ok(lyr)
+                          for lyr in layers):  # BERT, RoBERTa, ...
+            blocks = [Block(f"encoder.layer.{i}", lyr, lyr.attention.output, lyr.output,
+                            attn_proj=lyr.attention.output.dense, mlp_proj=lyr.output.dense,
+                            attn_residual=True, mlp_residual=True) for i, lyr in enumerate(layers)]
+        elif layers and all(hasattr(getattr(getattr(lyr, "attention", None), "attn", None), "o") and ffn_ok(lyr)
+                            for lyr in layers):  # MPNet
+            blocks = [Block(f"encoder.layer.{i}", lyr, lyr.attention.attn, lyr.output,
+                            attn_proj=lyr.attention.attn.o, mlp_proj=lyr.output.dense,
+                            attn_residual=False, mlp_residual=True) for i, lyr in enumerate(layers)]
+        else:
+            raise ConfigError(f"peft.method={method!r}: {type(bb).__name__} is not a BERT-like or MPNet encoder "
+                              "(encoder.layer[i].attention.output or .attention.attn.o, and .output)")
         return Encoder(family, bb, blocks, int(bb.config.hidden_size))
     if family == "open_clip":
         vit = bb.visual

@@ -86,3 +86,56 @@ def test_mpnet_packs_under_peft(peft_words):
     assert model.packing_unsupported() is None
     x, lengths = _batch(model.backbone.config.pad_token_id, long=40)
     assert (model(x, lengths, pack=True) - model(x, lengths)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["sequential", "parallel"])
+def test_mpnet_adapters_start_as_the_backbone_train_and_pack(variant):
+    """Adapters on MPNet (its attention ends in ``attention.attn.o``, not BERT's ``attention.output.dense``): one
+    per sublayer of every layer, the model starts exactly as the backbone (up-projection zero), a non-zero adapter
+    changes the logits, and packing stays exact with it."""
+    from hpcfed.peft import apply_peft
+
+    words = [w for w in tiny_model_args("hf_text") if not w.startswith("model.arch=")] + ["model.arch=mpnet"]
+    cfg = load_config(words + ["peft.method=adapter", f"peft.adapter_variant={variant}"])
+    torch.manual_seed(0)
+    base = build_model(cfg.model, 2).eval()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2)
+    apply_peft(model, cfg.peft)
+    model.eval()
+    x, lengths = _batch(model.backbone.config.pad_token_id, long=40)
+    ref = model(x, lengths)
+    assert torch.equal(ref, base(x, lengths))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    layers = model.backbone.config.num_hidden_layers
+    assert {n for n in trainable if ".adapter_" in n} == {
+        f"backbone.encoder.layer.{i}.adapter_{site}.{lin}.{w}" for i in range(layers) for site in ("attn", "mlp")
+        for lin in ("down", "up") for w in ("weight", "bias")}
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for site in ("attn", "mlp"):  # random, not constant: LayerNorm removes a constant shift
+            up = getattr(model.backbone.encoder.layer[0], f"adapter_{site}").up
+            up.weight.normal_(0, 0.3)
+            changed = model(x, lengths)
+            assert (changed - ref).abs().max().item() > 1e-3, site
+            up.weight.zero_()
+        model.backbone.encoder.layer[1].adapter_attn.up.weight.normal_(0, 0.3)
+    assert (model(x, lengths, pack=True) - model(x, lengths)).abs().max().item() <= 1e-5
+
+
+def test_mpnet_prompt_tuning_runs_unpacked():
+    """Soft prompts (peft prompt tuning) on MPNet: virtual-token embeddings and the head train; packing is refused
+    with its reason, as on BERT."""
+    from hpcfed.peft import apply_peft
+
+    words = [w for w in tiny_model_args("hf_text") if not w.startswith("model.arch=")] + ["model.arch=mpnet"]
+    cfg = load_config(words + ["peft.method=prompt"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2)
+    apply_peft(model, cfg.peft)
+    assert "virtual tokens" in (model.packing_unsupported() or "")
+    x, lengths = _batch(model.backbone.config.pad_token_id, long=40)
+    trainable = [p for n, p in model.named_parameters() if p.requires_grad]
+    assert any("prompt_encoder" in n for n, p in model.named_parameters() if p.requires_grad)
+    grads = torch.autograd.grad(model(x, lengths).square().sum(), trainable)
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
