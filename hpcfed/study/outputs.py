@@ -156,7 +156,7 @@ def collect(study: Study, cell: Cell) -> tuple[dict, dict]:
         row["final_test_acc"] = round(curve["acc"][-1], 4)
         row["best_test_acc"] = round(max(curve["acc"]), 4)
     for col in extra_metric_columns(study.metrics):  # final_<key>: the last value the run reported
-        if rounds_to_acc_target(col) is not None:
+        if rounds_to_acc_target(col) is not None:  # rounds_to_acc_<x>: from the curve, below
             continue
         vals = [m[col[len("final_"):]] for m in metrics if isinstance(m.get(col[len("final_"):]), (int, float))]
         row[col] = round(float(vals[-1]), 4) if vals else None
@@ -166,9 +166,8 @@ def collect(study: Study, cell: Cell) -> tuple[dict, dict]:
         row["local_test_acc"] = None if lta is None else round(float(lta), 4)
     else:
         row["bytes_per_round"] = round(sum(per_round) / len(per_round)) if per_round else None
-        targets = {"rounds_to_target": study.target_acc}
-        targets.update({c: rounds_to_acc_target(c) for c in extra_metric_columns(study.metrics)
-                        if rounds_to_acc_target(c) is not None})
+        targets = {"rounds_to_target": study.target_acc,
+                   **{c: rounds_to_acc_target(c) for c in extra_metric_columns(study.metrics)}}  # None: final_<key>
         for col, target in targets.items():
             if target is not None:
                 row[col] = next((r for r, a in zip(curve["rounds"], curve["acc"]) if a >= target), None)

@@ -104,6 +104,7 @@ def test_swept_arms_are_measured_once_their_sweep_has_picked(tmp_path):
     assert not any("waiting for" in m for m in said)
     assert sum("no final/peft.safetensors" in m for m in said) == 2  # both segments reached the weights check
 
+
 @pytest.mark.parametrize("basin, match", [
     ({"pair": {"mode": ["a", "b"]}}, r"basin.pair: 'mode' is not an axis"),
     ({"pair": {"setting": ["iid", "iid"]}}, r"basin.pair.setting must list two different labels"),
