@@ -433,6 +433,11 @@ def test_shipped_study_configs_validate_without_data(tmp_path, monkeypatch):
     assert len(pft.cells) == 12 and all(
         c.cfg.model.path.endswith("all-mpnet-base-v2") and list(c.cfg.peft.lora_target_modules) == ["q", "k", "v", "o"]
         for c in pft.cells)
+    scale = studies["fedtune_mpnet"]  # five methods on both models; MPNet's LoRA on its own projection names
+    assert {(c.labels["model"], c.cfg.peft.method, c.seed) for c in scale.main_cells} == {
+        (m, k, s) for m in ("minilm", "mpnet") for k in ("bias", "adapter", "lora", "prompt", "full") for s in (0, 1, 2)}
+    assert all(list(c.cfg.peft.lora_target_modules) == ["q", "v"] for c in scale.cells if c.labels["model"] == "mpnet")
+    assert len(scale.cells) == 71 and len(scale.claims) == 14
     for s in studies.values():
         ids = [c.id for c in s.cells]
         assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9._+-]+", i) for i in ids)
